@@ -1,0 +1,26 @@
+"""hfkd: knowledge distillation for the Hugging Face stack.
+
+Public names are imported lazily so that `import hfkd` stays cheap and a CLI call
+only pays for what it uses.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DistillationConfig": "hfkd.config",
+    "DistillationTrainer": "hfkd.trainer",
+    "create_student": "hfkd.student",
+    "resolve_layer_mapping": "hfkd.layer_mapping",
+    "distillation_metric": "hfkd.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hfkd' has no attribute {name!r}")

@@ -1,0 +1,194 @@
+"""`DistillationConfig`: the distillation settings, as a real `transformers.TrainingArguments`.
+
+Every field carries `metadata={"help": ...}` so `HfArgumentParser` turns it into a documented
+command-line flag, and `__post_init__` rejects impossible settings before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
+
+LAYER_MAPPING_STRATEGIES = ("uniform", "last", "skip")
+PROJECTION_INITS = ("xavier", "normal", "identity")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""Training arguments plus the distillation objective.
+
+    The training loss is exactly
+    `alpha_ce * CE(student, labels) + alpha_kd * KD + alpha_hidden * HIDDEN + alpha_attention * ATTN`,
+    each term logged separately (`ce_loss`, `kd_loss`, `hidden_loss`, `attention_loss`).
+
+    Layer indices in `layer_mapping` pairs are *hidden-state* indices: 0 is the embedding output and
+    `i` is the output of the i-th transformer layer (as in `outputs.hidden_states`). Attention maps are
+    matched for the same pairs (hidden index `i` ↔ attention map of layer `i`, 1-based); pairs on the
+    embedding output have no attention map and only enter the hidden-state loss.
+    """
+
+    temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature T for the KD term (> 0)."}
+    )
+    alpha_kd: float = field(default=0.5, metadata={"help": "Weight of the soft-logit KD term."})
+    alpha_ce: float = field(
+        default=0.5, metadata={"help": "Weight of the student's task loss on the hard labels."}
+    )
+    alpha_hidden: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state term over the mapped layers."}
+    )
+    alpha_attention: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the attention term: post-softmax attention probabilities "
+            "(`output_attentions`), which needs eager attention; hfkd switches both models to it."
+        },
+    )
+    kd_loss: str = field(
+        default="kl",
+        metadata={
+            "help": f"KD loss on logits, one of {sorted(KD_LOSSES)}. `kl` is Hinton's "
+            "KL(softmax(t/T) || softmax(s/T)) * T**2."
+        },
+    )
+    kd_scale_by_t2: bool = field(
+        default=True,
+        metadata={"help": "Multiply distribution-based KD losses by T**2 (Hinton et al.)."},
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "Mixture weight of the generalized JSD: M = beta*p_teacher + (1-beta)*p_student; "
+            "0 is forward KL, 1 is reverse KL."
+        },
+    )
+    hidden_loss: str = field(
+        default="mse", metadata={"help": f"Hidden-state loss, one of {sorted(HIDDEN_LOSSES)}."}
+    )
+    attention_loss: str = field(
+        default="mse", metadata={"help": f"Attention loss, one of {sorted(ATTENTION_LOSSES)}."}
+    )
+    layer_mapping: str = field(
+        default="uniform",
+        metadata={
+            "help": "Student↔teacher layer pairs for hidden/attention losses: 'uniform' (TinyBERT: "
+            "student layer i ↔ teacher layer (i+1)*k-1, 0-based, k = teacher/student depth), 'last', "
+            "'skip' (the teacher layers the student was copied from), or a JSON list of "
+            "[student, teacher] hidden-state indices (0 = embedding output)."
+        },
+    )
+    include_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Also match the embedding outputs (hidden-state index 0 of both models)."},
+    )
+    projection_init: str = field(
+        default="xavier",
+        metadata={
+            "help": f"Initialisation of the student→teacher width projections, one of {PROJECTION_INITS}."
+        },
+    )
+    projection_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the projection parameters (default: learning_rate)."},
+    )
+    teacher_model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments (dict or JSON string) for `from_pretrained` when the teacher is "
+            "given as a name or path."
+        },
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded."},
+    )
+    nonfinite_loss: str = field(
+        default="raise",
+        metadata={
+            "help": "What to do when a loss term is NaN/inf: 'raise' stops training naming the step "
+            "and the term; 'skip' drops that step's update."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number, got {self.temperature!r}.")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}; typical values are 1 to 8."
+            )
+        weights = {
+            "alpha_kd": self.alpha_kd,
+            "alpha_ce": self.alpha_ce,
+            "alpha_hidden": self.alpha_hidden,
+            "alpha_attention": self.alpha_attention,
+        }
+        for name, value in weights.items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        if all(value == 0 for value in weights.values()):
+            raise ValueError(
+                "all loss weights (alpha_kd, alpha_ce, alpha_hidden, alpha_attention) are 0: "
+                "nothing would be trained; set at least one > 0."
+            )
+        _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        _check_choice("attention_loss", self.attention_loss, ATTENTION_LOSSES)
+        _check_choice("projection_init", self.projection_init, PROJECTION_INITS)
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}.")
+        if self.projection_learning_rate is not None and self.projection_learning_rate <= 0:
+            raise ValueError(
+                f"projection_learning_rate must be > 0, got {self.projection_learning_rate}."
+            )
+        self.layer_mapping = _parse_layer_mapping(self.layer_mapping)
+        if isinstance(self.teacher_model_init_kwargs, str):
+            self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any active term compares against the teacher (CE alone needs none)."""
+        return self.alpha_kd > 0 or self.alpha_hidden > 0 or self.alpha_attention > 0
+
+
+def _check_choice(name: str, value: str, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {sorted(choices)}.")
+
+
+def _parse_layer_mapping(value: Any) -> str | list[tuple[int, int]]:
+    """Accept a strategy name, a JSON string of pairs, or a list of pairs."""
+    if isinstance(value, str):
+        if value in LAYER_MAPPING_STRATEGIES:
+            return value
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"layer_mapping={value!r} is neither one of {list(LAYER_MAPPING_STRATEGIES)} nor a "
+                "JSON list of [student_layer, teacher_layer] pairs."
+            ) from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"layer_mapping must be a strategy name or a non-empty list of pairs, got {value!r}."
+        )
+    pairs = []
+    for pair in value:
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+        ):
+            raise ValueError(
+                f"layer_mapping entry {pair!r} is not a [student_layer, teacher_layer] pair of ints."
+            )
+        pairs.append((int(pair[0]), int(pair[1])))
+    return pairs

@@ -1,0 +1,360 @@
+"""`DistillationTrainer`: a `transformers.Trainer` whose `compute_loss` distills a frozen teacher.
+
+Everything else (loops, accumulation, mixed precision, DDP/DeepSpeed/FSDP through Accelerate,
+checkpointing, evaluation, Hub push) is the stock Trainer, reached through its hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hfkd.config import DistillationConfig
+from hfkd.layer_mapping import resolve_layer_mapping
+from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.validation import (
+    check_teacher_student_compatibility,
+    is_causal_lm,
+    load_teacher,
+    require_attentions,
+)
+
+PROJECTIONS_NAME = "hfkd_projections.safetensors"
+PROJECTIONS_ATTR = "hfkd_projections"
+_PROJECTION_INITS = {
+    "xavier": nn.init.xavier_uniform_,
+    "normal": lambda weight: nn.init.normal_(weight, std=0.02),
+    "identity": nn.init.eye_,
+}
+
+
+class DistillationTrainer(Trainer):
+    """Trainer that adds the teacher's knowledge to the student's loss.
+
+    Args:
+        model: the student (a `PreTrainedModel`); it is the model Trainer trains, evaluates and saves.
+        teacher_model: a model, or a name/path loaded with the student's Auto class and
+            `args.teacher_model_init_kwargs`. Frozen, in eval mode, on the student's device. May be
+            None when only `alpha_ce` is active.
+        args: a `DistillationConfig`.
+        teacher_processing_class: the teacher's tokenizer, checked token-for-token against
+            `processing_class` (the student's) when both are given.
+        Every other argument is `transformers.Trainer`'s.
+    """
+
+    # compute_loss normalises for gradient accumulation itself (see `_normalisers`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DistillationConfig | None = None,
+        *trainer_args: Any,
+        teacher_processing_class: Any = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        if model is None or isinstance(model, str):
+            raise ValueError(
+                "DistillationTrainer needs the student as a model object "
+                "(e.g. hfkd.create_student(teacher) or AutoModelFor*.from_pretrained(...))."
+            )
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(
+                f"args must be an hfkd.DistillationConfig, got {type(args).__name__}; "
+                "DistillationConfig accepts every TrainingArguments field."
+            )
+        teacher = None
+        if args.needs_teacher:
+            if teacher_model is None:
+                raise ValueError(
+                    "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
+                    "or set those weights to 0 to train on the labels alone."
+                )
+            teacher = load_teacher(teacher_model, model, args)
+            check_teacher_student_compatibility(
+                teacher,
+                model,
+                student_tokenizer=trainer_kwargs.get("processing_class"),
+                teacher_tokenizer=teacher_processing_class,
+            )
+            if args.alpha_attention > 0:
+                for m in (teacher, model):
+                    m.set_attn_implementation("eager")
+        self.layer_pairs = self._layer_pairs(model, teacher, args)
+        self.projections = self._attach_projections(model, teacher, args)
+
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
+        self.model_accepts_loss_kwargs = True
+        self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        self._student_inputs = _forward_arg_names(model)
+        self._teacher_inputs = _forward_arg_names(teacher) if teacher is not None else None
+        self._causal = is_causal_lm(model)
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_steps = 0
+        self._checked_outputs = False
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _layer_pairs(
+        student: nn.Module, teacher: nn.Module | None, args: DistillationConfig
+    ) -> list[tuple[int, int]]:
+        if teacher is None or (args.alpha_hidden == 0 and args.alpha_attention == 0):
+            return []
+        pairs = resolve_layer_mapping(
+            args.layer_mapping,
+            student_layers=student.config.num_hidden_layers,
+            teacher_layers=teacher.config.num_hidden_layers,
+            include_embeddings=args.include_embeddings,
+            student_teacher_layers=getattr(student.config, "hfkd_teacher_layers", None),
+        )
+        if args.alpha_attention > 0 and not any(s > 0 and t > 0 for s, t in pairs):
+            raise ValueError(
+                f"alpha_attention > 0 but layer_mapping {pairs} only pairs embedding outputs, which "
+                "have no attention maps; map at least one transformer layer."
+            )
+        return pairs
+
+    def _attach_projections(
+        self, student: nn.Module, teacher: nn.Module | None, args: DistillationConfig
+    ) -> nn.ModuleDict | None:
+        """Linear student→teacher width maps, one per mapped layer, registered on the student.
+
+        Registering them on the student lets DDP/DeepSpeed/FSDP, the optimizer and checkpoint
+        resumption treat them like any student weight; `_keys_to_ignore_on_save` keeps them out
+        of the saved student, and checkpoints store them in `hfkd_projections.safetensors`.
+        """
+        if teacher is None or args.alpha_hidden == 0:
+            return None
+        d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
+        if d_s == d_t:
+            return None
+        projections = nn.ModuleDict({str(s): nn.Linear(d_s, d_t) for s, _ in self.layer_pairs})
+        for layer in projections.values():
+            _PROJECTION_INITS[args.projection_init](layer.weight)
+            nn.init.zeros_(layer.bias)
+        projections.to(device=student.device, dtype=next(student.parameters()).dtype)
+        student.add_module(PROJECTIONS_ATTR, projections)
+        names = {f"{PROJECTIONS_ATTR}.{n}" for n, _ in projections.named_parameters()}
+        student._keys_to_ignore_on_save = set(student._keys_to_ignore_on_save or ()) | names
+        return projections
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher.requires_grad_(False)
+        teacher.eval()
+        dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
+        return teacher.to(device=self.args.device, dtype=dtype)
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if not model.training:
+            # Evaluation and prediction measure the student alone on its own task loss.
+            outputs = model(**_only(inputs, self._student_inputs))
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+        args = self.args
+        labels = inputs.get("labels")
+        if args.alpha_ce > 0 and labels is None:
+            raise ValueError(
+                f"alpha_ce={args.alpha_ce} but the batch has no 'labels'; add a label column "
+                "(or a collator that makes labels) or set alpha_ce=0."
+            )
+        want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
+        model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
+        outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
+        teacher_out = None
+        if self.teacher is not None:
+            with torch.inference_mode():
+                teacher_out = self.teacher(
+                    **_only(inputs, self._teacher_inputs, drop=("labels",)),
+                    output_hidden_states=want_hidden,
+                    output_attentions=want_attn,
+                )
+            if not self._checked_outputs:
+                if want_attn:
+                    require_attentions(outputs, "student")
+                    require_attentions(teacher_out, "teacher")
+                self._checked_outputs = True
+
+        logits, labels_t, mask = self._aligned(outputs.logits, labels, inputs.get("attention_mask"))
+        local_items = mask.sum() if mask is not None else logits.shape[0]
+        per_item, per_step = self._normalisers(local_items, num_items_in_batch)
+        position_mask = inputs.get("attention_mask")
+
+        terms: dict[str, torch.Tensor] = {}
+        if args.alpha_ce > 0:
+            ce_labels = labels_t if mask is None else labels_t[mask]
+            ce_logits = logits if mask is None else logits[mask]
+            terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
+        if args.alpha_kd > 0:
+            teacher_logits, _, _ = self._aligned(teacher_out.logits, None, None)
+            terms["kd_loss"] = KD_LOSSES[args.kd_loss](
+                logits,
+                teacher_logits,
+                temperature=args.temperature,
+                mask=mask,
+                scale_by_t2=args.kd_scale_by_t2,
+                reduction="sum",
+                beta=args.jsd_beta,
+            )
+        if want_hidden:
+            terms["hidden_loss"] = self._hidden_term(outputs, teacher_out, position_mask)
+        if want_attn:
+            terms["attention_loss"] = self._attention_term(outputs, teacher_out, position_mask)
+
+        loss = 0.0
+        for name, value in terms.items():
+            weight = getattr(args, "alpha_" + name.removesuffix("_loss"))
+            normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
+            loss = loss + weight * normalised
+            # Log the per-item mean, whatever the accumulation window.
+            shown = value / max(int(local_items), 1) if name in ("ce_loss", "kd_loss") else value
+            self._term_sums[name] += shown.detach()
+        self._term_steps += 1
+        self._check_finite(loss, terms)
+        return (loss, outputs) if return_outputs else loss
+
+    def _aligned(
+        self, logits: torch.Tensor, labels: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Logits, labels and item mask, shifted for causal LMs; mask None for sequence tasks."""
+        if logits.dim() == 2:
+            return logits, labels, None
+        if self._causal:
+            logits = logits[:, :-1]
+            labels = labels[:, 1:] if labels is not None else None
+            attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
+        if labels is not None:
+            return logits, labels, labels.ne(-100)
+        if attention_mask is not None:
+            return logits, None, attention_mask.bool()
+        return logits, None, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+
+    def _normalisers(self, local_items: Any, num_items_in_batch: Any):
+        """Scalers that make gradient accumulation (and DDP averaging) exact.
+
+        Label-level terms (CE, KD) are sums divided by the label count of the whole accumulated
+        batch (`num_items_in_batch`, summed over processes by Trainer); representation terms
+        (hidden, attention) are micro-batch means divided by the number of accumulation steps.
+        """
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) or 1
+        if num_items_in_batch is None:
+            denominator = max(int(local_items), 1) * steps
+            return (lambda v: v / denominator), (lambda v: v / steps)
+        processes = self.accelerator.num_processes
+        scale = processes if self.args.average_tokens_across_devices and processes > 1 else 1
+        return (lambda v: v * scale / num_items_in_batch), (lambda v: v / steps)
+
+    def _hidden_term(self, outputs: Any, teacher_out: Any, mask: torch.Tensor | None) -> torch.Tensor:
+        loss_fn = HIDDEN_LOSSES[self.args.hidden_loss]
+        values = []
+        for s, t in self.layer_pairs:
+            student_h = outputs.hidden_states[s]
+            if self.projections is not None:
+                student_h = self.projections[str(s)](student_h)
+            values.append(loss_fn(student_h, teacher_out.hidden_states[t], mask))
+        return torch.stack(values).mean()
+
+    def _attention_term(self, outputs: Any, teacher_out: Any, mask: torch.Tensor | None) -> torch.Tensor:
+        loss_fn = ATTENTION_LOSSES[self.args.attention_loss]
+        values = [
+            loss_fn(outputs.attentions[s - 1], teacher_out.attentions[t - 1], mask)
+            for s, t in self.layer_pairs
+            if s > 0 and t > 0
+        ]
+        return torch.stack(values).mean()
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        if bool(torch.isfinite(loss)):
+            return
+        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value))]
+        raise FloatingPointError(
+            f"non-finite {', '.join(bad) or 'loss'} at step {self.state.global_step + 1}: training "
+            "stopped, the last saved checkpoint is intact. Lower the learning rate or temperature, "
+            "use fp32/bf16 instead of fp16, or check the inputs."
+        )
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                logs[name] = round(float(total) / self._term_steps, 6)
+            self._term_sums.clear()
+            self._term_steps = 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ optimizer and saving
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Stock optimizer, with the projections moved to groups at `projection_learning_rate`."""
+        optimizer = super().create_optimizer(model)
+        if self.projections is None or self.args.projection_learning_rate is None:
+            return optimizer
+        projection_ids = {id(p) for p in self.projections.parameters()}
+        moved_groups = []
+        for group in optimizer.param_groups:
+            moved = [p for p in group["params"] if id(p) in projection_ids]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in projection_ids]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                moved_groups.append({**settings, "params": moved, "lr": self.args.projection_learning_rate})
+        for group in moved_groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is not None:  # DeepSpeed/FSDP hand over a gathered dict: keep the student only
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(PROJECTIONS_ATTR + ".")}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.projections is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()}
+            tmp = os.path.join(folder, PROJECTIONS_NAME + ".tmp")
+            save_file(state, tmp, metadata={"format": "pt"})
+            os.replace(tmp, os.path.join(folder, PROJECTIONS_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.projections is None:
+            return
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"checkpoint {resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a "
+                "DistillationTrainer with the same width projections; resume from a matching checkpoint."
+            )
+        self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+
+
+def _forward_arg_names(model: nn.Module) -> frozenset[str]:
+    """Named inputs a model's forward takes, so one batch can feed models of different families."""
+    return frozenset(inspect.signature(model.forward).parameters)
+
+
+def _only(inputs: dict[str, Any], accepted: frozenset[str], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in inputs.items() if k in accepted and k not in drop}
+
