@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random models and batches so the unit tests run in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+VOCAB = 100
+
+
+def bert_config(layers: int = 4, hidden: int = 32, heads: int = 4, labels: int = 3, **kw) -> BertConfig:
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **kw,
+    )
+
+
+def seq_cls_pair(student_hidden: int = 32, seed: int = 0):
+    """A 4-layer teacher and a 2-layer student classifier (3 labels)."""
+    torch.manual_seed(seed)
+    teacher = BertForSequenceClassification(bert_config(layers=4))
+    student = BertForSequenceClassification(
+        bert_config(layers=2, hidden=student_hidden, heads=4 if student_hidden % 4 == 0 else 2)
+    )
+    return teacher, student
+
+
+def seq_cls_dataset(n: int = 32, length: int = 12, labels: int = 3, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=g)
+    # Learnable rule: the label is the first token modulo the label count.
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": [[1] * length] * n,
+            "labels": (ids[:, 0] % labels).tolist(),
+        }
+    )
+
+
+@pytest.fixture
+def tiny_pair():
+    return seq_cls_pair()
+
+
+@pytest.fixture
+def tiny_dataset():
+    return seq_cls_dataset()

@@ -1,0 +1,270 @@
+"""DistillationTrainer: the loss it computes, what it trains, saves and restores, and what it refuses."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    Trainer,
+    TrainingArguments,
+)
+
+from conftest import VOCAB, bert_config, seq_cls_dataset, seq_cls_pair
+from hfkd import DistillationConfig, DistillationTrainer
+from hfkd.trainer import PROJECTIONS_NAME
+from hfkd.validation import DistillationSetupError, require_attentions
+
+
+def config(tmp_path, **kw):
+    defaults = dict(
+        output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True, per_device_train_batch_size=8,
+        max_steps=4, learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True,
+    )
+    return DistillationConfig(**{**defaults, **kw})
+
+
+def batch(n=8, length=10, seed=0):
+    ds = seq_cls_dataset(n, length, seed=seed)
+    return {k: torch.tensor(ds[k]) for k in ds.column_names}
+
+
+def test_classes_subclass_transformers():
+    assert issubclass(DistillationTrainer, Trainer)
+    assert issubclass(DistillationConfig, TrainingArguments)
+
+
+def test_kd_only_loss_equals_hinton_kl(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=0.0, temperature=3.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    inputs = batch()
+    student.train()
+    loss = trainer.compute_loss(student, dict(inputs))
+    with torch.no_grad():
+        features = {k: v for k, v in inputs.items() if k != "labels"}
+        s, t = student(**features).logits, teacher.eval()(**features).logits
+    expected = F.kl_div(F.log_softmax(s / 3, -1), F.softmax(t / 3, -1), reduction="batchmean") * 9
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_total_loss_is_the_weighted_sum_of_logged_terms(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    args = config(tmp_path, alpha_kd=0.7, alpha_ce=0.3, alpha_hidden=2.0, alpha_attention=5.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    student.train()
+    loss = trainer.compute_loss(student, batch())
+    terms = {k: float(v) for k, v in trainer._term_sums.items()}
+    assert set(terms) == {"ce_loss", "kd_loss", "hidden_loss", "attention_loss"}
+    expected = 0.3 * terms["ce_loss"] + 0.7 * terms["kd_loss"] + 2 * terms["hidden_loss"] + 5 * terms["attention_loss"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert all(v > 0 for v in terms.values())
+
+
+def test_training_logs_every_term_and_leaves_teacher_untouched(tmp_path, tiny_pair, tiny_dataset):
+    teacher, student = tiny_pair
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, alpha_hidden=1.0, alpha_attention=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all({"kd_loss", "ce_loss", "hidden_loss", "attention_loss"} <= set(h) for h in logged)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert teacher.config._attn_implementation == "eager"
+
+
+def _token_data(n=16, length=10, labels=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=g)
+    tags = ids % labels
+    tags[torch.rand(n, length, generator=g) < 0.4] = -100  # uneven label counts per example
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * length] * n, "labels": tags.tolist()})
+
+
+def test_gradient_accumulation_is_exact_for_token_tasks(tmp_path):
+    """One update from 2x4 accumulated examples equals one update from a batch of 8."""
+    data = _token_data()
+    results = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        teacher = BertForTokenClassification(bert_config(layers=4, labels=4))
+        student = BertForTokenClassification(bert_config(layers=2, labels=4))
+        args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, alpha_hidden=1.0, max_steps=1, optim="sgd",
+                      learning_rate=0.5, per_device_train_batch_size=batch_size,
+                      gradient_accumulation_steps=accumulation, lr_scheduler_type="constant")
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data).train()
+        results.append(student.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], atol=1e-6, rtol=1e-5)
+
+
+def test_projections_bridge_widths_train_with_own_lr_and_stay_out_of_student(tmp_path, tiny_dataset):
+    teacher, student = seq_cls_pair(student_hidden=16)
+    args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, projection_learning_rate=0.05,
+                  save_strategy="steps", save_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
+    assert trainer.layer_pairs == [(1, 2), (2, 4)]
+    assert set(trainer.projections) == {"1", "2"} and trainer.projections["1"].weight.shape == (32, 16)
+    initial = trainer.projections["1"].weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(initial, trainer.projections["1"].weight)
+    lrs = {group["lr"] for group in trainer.optimizer.param_groups if any(
+        p is trainer.projections["1"].weight for p in group["params"])}
+    assert lrs and all(lr <= 0.05 for lr in lrs)  # scheduled from 0.05, not from learning_rate
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    saved = load_file(checkpoint / PROJECTIONS_NAME)
+    torch.testing.assert_close(saved["1.weight"], trainer.projections["1"].weight.detach())
+    assert not any("projection" in k for k in load_file(checkpoint / "model.safetensors"))
+    trainer.save_model(str(tmp_path / "final"))
+    assert sorted(os.listdir(tmp_path / "final")) == ["config.json", "model.safetensors", "training_args.bin"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final")
+    inputs = batch()
+    inputs.pop("labels")
+    student.eval()
+    torch.testing.assert_close(reloaded(**inputs).logits, student(**inputs).logits)
+
+
+def test_resume_restores_projections(tmp_path, tiny_dataset):
+    teacher, student = seq_cls_pair(student_hidden=16)
+    args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, save_strategy="steps", save_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
+    trainer.train()
+    saved = load_file(tmp_path / "run" / "checkpoint-2" / PROJECTIONS_NAME)
+    _, fresh_student = seq_cls_pair(student_hidden=16, seed=1)
+    resumed = DistillationTrainer(model=fresh_student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
+    resumed._load_from_checkpoint(str(tmp_path / "run" / "checkpoint-2"))
+    torch.testing.assert_close(resumed.projections["2"].weight.detach(), saved["2.weight"])
+
+
+def test_teacher_from_path_and_evaluation_on_student_alone(tmp_path, tiny_pair, tiny_dataset):
+    teacher, student = tiny_pair
+    teacher.save_pretrained(tmp_path / "teacher")
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=0.5)
+    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"), args=args,
+                                  train_dataset=tiny_dataset, eval_dataset=tiny_dataset)
+    assert isinstance(trainer.teacher, BertForSequenceClassification)
+    metrics = trainer.evaluate()
+    student.eval()
+    with torch.no_grad():
+        own_loss = student(**batch(32, 12)).loss  # the eval set is the same 32 examples
+    assert metrics["eval_loss"] == pytest.approx(own_loss.item(), rel=1e-4)
+
+
+def test_ce_only_needs_no_teacher(tmp_path, tiny_pair, tiny_dataset):
+    _, student = tiny_pair
+    args = config(tmp_path, alpha_kd=0.0, alpha_ce=1.0)
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=tiny_dataset)
+    assert trainer.teacher is None
+    trainer.train()
+
+
+def test_distilbert_student_from_bert_teacher_gets_only_its_inputs(tmp_path, tiny_dataset):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    teacher, _ = seq_cls_pair()
+    student = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64, num_labels=3,
+                         max_position_embeddings=64)
+    )
+    data = tiny_dataset.add_column("token_type_ids", [[0] * 12] * len(tiny_dataset))
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, alpha_hidden=1.0)
+    DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data).train()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_refuses_plain_training_arguments(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    with pytest.raises(TypeError, match="DistillationConfig"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=TrainingArguments(output_dir=str(tmp_path)))
+
+
+def test_refuses_missing_teacher(tmp_path, tiny_pair):
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillationTrainer(model=tiny_pair[1], args=config(tmp_path))
+
+
+def test_refuses_vocabulary_mismatch(tmp_path):
+    teacher = BertForSequenceClassification(bert_config())
+    student = BertForSequenceClassification(bert_config(layers=2))
+    student.config.vocab_size = 120
+    with pytest.raises(DistillationSetupError, match="teacher vocab_size=100, student vocab_size=120"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
+
+
+def test_refuses_tokenizer_mismatch(tmp_path, tiny_pair):
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    teacher, student = tiny_pair
+    with pytest.raises(DistillationSetupError, match="tokenizers differ in 2 token→id entries"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path),
+                            processing_class=Tok({"a": 0, "b": 1}), teacher_processing_class=Tok({"a": 0, "b": 2}))
+
+
+def test_refuses_label_count_and_order_mismatch(tmp_path):
+    teacher = BertForSequenceClassification(bert_config(labels=3))
+    with pytest.raises(DistillationSetupError, match="teacher num_labels=3, student num_labels=2"):
+        DistillationTrainer(model=BertForSequenceClassification(bert_config(layers=2, labels=2)),
+                            teacher_model=teacher, args=config(tmp_path))
+    teacher.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    student = BertForSequenceClassification(bert_config(layers=2, labels=3))
+    student.config.id2label = {0: "pos", 1: "neu", 2: "neg"}
+    with pytest.raises(DistillationSetupError, match="label orders differ"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
+
+
+def test_refuses_task_head_mismatch(tmp_path):
+    teacher = BertForTokenClassification(bert_config(labels=3))
+    student = BertForSequenceClassification(bert_config(layers=2, labels=3))
+    with pytest.raises(DistillationSetupError, match="task heads differ.*token_classification.*sequence_classification"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
+
+
+def test_refuses_impossible_layer_map(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    with pytest.raises(ValueError, match="out of range"):
+        DistillationTrainer(model=student, teacher_model=teacher,
+                            args=config(tmp_path, alpha_hidden=1.0, layer_mapping=[[3, 4]]))
+    with pytest.raises(ValueError, match="only pairs embedding outputs"):
+        DistillationTrainer(model=student, teacher_model=teacher,
+                            args=config(tmp_path, alpha_attention=1.0, layer_mapping=[[0, 0]]))
+
+
+def test_refuses_ce_weight_without_labels(tmp_path, tiny_pair):
+    teacher, student = tiny_pair
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, alpha_ce=0.5))
+    inputs = batch()
+    inputs.pop("labels")
+    student.train()
+    with pytest.raises(ValueError, match="alpha_ce=0.5 but the batch has no 'labels'"):
+        trainer.compute_loss(student, inputs)
+
+
+def test_attention_loss_without_attention_maps_is_named():
+    class Out:
+        attentions = ()
+
+    with pytest.raises(DistillationSetupError, match="teacher returned no attention maps.*eager"):
+        require_attentions(Out(), "teacher")
+
+
+def test_nan_loss_stops_with_step_and_term(tmp_path, tiny_pair, tiny_dataset):
+    teacher, student = tiny_pair
+    with torch.no_grad():
+        teacher.classifier.weight.fill_(float("nan"))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, train_dataset=tiny_dataset,
+                                  args=config(tmp_path, alpha_kd=1.0, alpha_ce=1.0))
+    with pytest.raises(FloatingPointError, match="non-finite kd_loss at step 1"):
+        trainer.train()
