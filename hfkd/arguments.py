@@ -49,6 +49,10 @@ class ModelArguments:
     student_num_attention_heads: int | None = field(
         default=None, metadata={"help": "Attention heads of a narrower student."}
     )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise a checkpoint's task head whose size differs (e.g. another label count)."},
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow model code from the checkpoint to run. Off unless you trust it."}
     )

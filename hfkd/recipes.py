@@ -106,7 +106,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
     raw = load_raw_datasets(data_args)
     datasets, labels = prepare_task_data(task, raw, tokenizer, data_args)
-    model_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
+    model_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code,
+                                    "ignore_mismatched_sizes": model_args.ignore_mismatched_sizes}
     if labels:
         model_kwargs.update(
             num_labels=len(labels),

@@ -1,0 +1,606 @@
+"""Data for distillation runs: load raw splits (Hub or local files) and tokenize them per task.
+
+Every preprocessing step is a `datasets.map(batched=True)`, so results are cached by `datasets`
+and a second run with the same data, tokenizer and settings skips the work. Problems with the
+data or the settings raise `DataError`, with a one-line message that names the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    default_data_collator,
+)
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+"""Label id that losses skip: special tokens and non-first sub-words."""
+
+SPLITS = ("train", "validation", "test")
+
+# Extension -> `datasets` builder. TSV is the GLUE dialect (see _builder_kwargs); .raw is WikiText's raw text.
+_BUILDERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".raw": "text",
+}
+# File stems that a folder given as dataset_name may use for each split.
+_SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val"), "test": ("test",)}
+# Auto-detected text columns: sentence pairs first (GLUE, MRPC's TSV, QQP, NLI, QNLI), then single texts.
+_TEXT_PAIRS = (
+    ("sentence1", "sentence2"),
+    ("#1 String", "#2 String"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+)
+_TEXT_COLUMNS = ("sentence", "text", "content", "review", "question", "document")
+_TOKEN_COLUMNS = ("tokens", "words")
+_TAG_COLUMNS = ("ner_tags", "tags", "pos_tags", "chunk_tags")
+_LM_TASKS = ("masked_lm", "causal_lm")
+
+
+class DataError(ValueError):
+    """Bad data or data settings: the message names the problem and the fix on one line."""
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from and how to preprocess it (parse with `transformers.HfArgumentParser`)."""
+
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset name (e.g. 'glue'), or a local folder holding train/dev/validation/test "
+            "files (.csv, .tsv, .json, .jsonl, .parquet, .txt)."
+        },
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset configuration, e.g. 'sst2' for 'glue'."}
+    )
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training file: .csv, .tsv (GLUE dialect), .json/.jsonl, .parquet or .txt."}
+    )
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation file, same formats."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Test file, same formats; labels optional."})
+    text_column: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Text column (tokens column for token classification). Default: auto-detect "
+            "sentence1/sentence2, premise/hypothesis, ..., then sentence, text, ..."
+        },
+    )
+    text_pair_column: Optional[str] = field(
+        default=None, metadata={"help": "Second text of a sentence pair; auto-detected with text_column."}
+    )
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Label column (tag column for token classification, where ner_tags/tags are also tried)."},
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Truncate tokenized inputs to this many tokens (padding is per batch)."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Use N training examples: the first N after a shuffle seeded by subset_seed."},
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use the first N validation examples (no shuffle: comparable across runs)."}
+    )
+    subset_seed: int = field(default=42, metadata={"help": "Seed of the shuffle behind max_train_samples."})
+    block_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Language modelling: tokens per training block. Default: max_seq_length."},
+    )
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "Masked language modelling: fraction of tokens to mask."}
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    validation_split_name: str = field(
+        default="validation",
+        metadata={"help": "Split to evaluate on, e.g. 'test' when a dataset has no validation split."},
+    )
+
+    def __post_init__(self) -> None:
+        files = (self.train_file, self.validation_file, self.test_file)
+        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
+            raise DataError("no data given: set dataset_name (Hub name or local folder) or train_file/validation_file")
+        if self.dataset_name is not None and any(f is not None for f in files):
+            raise DataError(
+                f"dataset_name={self.dataset_name!r} and data files are both set: use one source "
+                "(put local files in one folder to pass it as dataset_name)"
+            )
+        for name in (
+            "max_seq_length",
+            "max_train_samples",
+            "max_eval_samples",
+            "block_size",
+            "preprocessing_num_workers",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise DataError(f"{name}={value} must be a positive integer")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise DataError(f"mlm_probability={self.mlm_probability} must be between 0 and 1")
+
+
+def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
+    """Load the splits "train", "validation" and "test" (those that exist) from the Hub or local files.
+
+    Local TSV files are read in the GLUE dialect: tab-separated with quoting off (MRPC and RTE
+    have literal `"` that quote handling would merge across rows), and a UTF-8 BOM is stripped
+    from column names. CSV/TSV cells stay text: "NA" or "null" are not turned into missing values.
+    `validation_split_name` renames that split to "validation"; other split names are dropped.
+    """
+    if args.dataset_name is not None and Path(args.dataset_name).expanduser().is_dir():
+        files = _split_files_in_folder(Path(args.dataset_name).expanduser())
+        raw = datasets.DatasetDict({split: _load_file(path, split) for split, path in files.items()})
+    elif args.dataset_name is not None:
+        raw = _load_hub(args.dataset_name, args.dataset_config_name)
+    else:
+        given = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+        raw = datasets.DatasetDict({split: _load_file(path, split) for split, path in given.items() if path})
+
+    if args.validation_split_name != "validation":
+        if args.validation_split_name not in raw:
+            raise DataError(
+                f"validation_split_name={args.validation_split_name!r} is not a split of the data "
+                f"(splits: {', '.join(raw)}): pick one of those"
+            )
+        raw["validation"] = raw.pop(args.validation_split_name)
+    dropped = [split for split in raw if split not in SPLITS]
+    if dropped:
+        logger.info("Ignoring splits %s (hfkd uses %s)", dropped, SPLITS)
+    raw = datasets.DatasetDict({split: raw[split] for split in SPLITS if split in raw})
+    if not raw:
+        raise DataError(
+            f"no train/validation/test split in the data (splits: {', '.join(dropped)}): set validation_split_name"
+        )
+    for split, dataset in raw.items():
+        if dataset.num_rows == 0:
+            raise DataError(f"the {split} split is empty (0 rows): point it at a file with examples")
+    return raw
+
+
+def prepare_classification_datasets(
+    raw: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    args: DataArguments,
+    label2id: Mapping[str, int] | None = None,
+) -> tuple[datasets.DatasetDict, list[str]]:
+    """Tokenize text (pairs) for sequence classification; return the datasets and the label names by id.
+
+    Label ids: with `label2id` (the teacher's `config.label2id`), ids follow it and every data
+    label must be in it. Otherwise string labels get ids in sorted order (numeric order for
+    labels like "2", "10") from the train split; integer labels keep their values (names from a
+    `ClassLabel` feature, else "0".."max"). Float labels mean regression: the label list is empty
+    (num_labels=1). A test split without labels (or all -1, as GLUE's on the Hub) gets no "labels".
+    Tokenization truncates to max_seq_length without padding: pad per batch with
+    `DataCollatorWithPadding` (see `build_data_collator`).
+    """
+    columns = _reference_split(raw).column_names
+    text_column, pair_column = _text_columns(columns, args)
+    for split, dataset in raw.items():
+        _require_column(dataset, split, text_column, "text_column")
+        if pair_column is not None:
+            _require_column(dataset, split, pair_column, "text_pair_column")
+    labeled = [split for split in raw if split != "test" or _has_labels(raw[split], args.label_column)]
+    for split in labeled:
+        _require_column(raw[split], split, args.label_column, "label_column")
+    label_list, encode = _label_encoding({split: raw[split] for split in labeled}, args.label_column, label2id)
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        pairs = batch[pair_column] if pair_column is not None else None
+        encoded = tokenizer(batch[text_column], pairs, truncation=True, max_length=args.max_seq_length)
+        if args.label_column in batch:
+            encoded["labels"] = [encode(value) for value in batch[args.label_column]]
+        return encoded
+
+    processed = datasets.DatasetDict()
+    for split, dataset in _subsample(raw, args).items():
+        if split not in labeled and args.label_column in dataset.column_names:
+            dataset = dataset.remove_columns(args.label_column)
+        processed[split] = dataset.map(
+            tokenize,
+            batched=True,
+            remove_columns=dataset.column_names,
+            num_proc=args.preprocessing_num_workers,
+            desc=f"Tokenizing {split}",
+        )
+    return processed, label_list
+
+
+def check_label_order(data_labels: Sequence[str], model_id2label: Mapping[int, str]) -> None:
+    """Refuse to train when a model's named labels are in another order than the data's.
+
+    A model with default names (LABEL_0, LABEL_1, ...) carries no order to compare, so it passes.
+    Mismatches raise instead of remapping: a silently permuted label space ruins distillation.
+    """
+    model_labels = [model_id2label[key] for key in sorted(model_id2label, key=int)]
+    if model_labels == [f"LABEL_{i}" for i in range(len(model_labels))]:
+        return
+    if list(data_labels) != model_labels:
+        raise DataError(
+            f"label order differs: data {list(data_labels)} vs model id2label {model_labels}: pass "
+            "label2id=model.config.label2id to prepare_classification_datasets, or relabel the data"
+        )
+
+
+def prepare_token_classification_datasets(
+    raw: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    args: DataArguments,
+    label_list: Sequence[str],
+) -> datasets.DatasetDict:
+    """Tokenize pre-split words and align tags: the first sub-word of a word gets its tag, the rest -100.
+
+    Words come from text_column (default: "tokens" or "words"), tags from label_column if present,
+    else "ner_tags"/"tags"/...; tags may be strings of `label_list` or ids into it. Needs a fast
+    tokenizer (for `word_ids`). Pad with `DataCollatorForTokenClassification`.
+    """
+    if not tokenizer.is_fast:
+        raise DataError(
+            f"token classification needs a fast tokenizer (word_ids), got {type(tokenizer).__name__}: "
+            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+        )
+    columns = _reference_split(raw).column_names
+    tokens_column = args.text_column or _first_present(_TOKEN_COLUMNS, columns, "text_column")
+    tags_column = (
+        args.label_column if args.label_column in columns else _first_present(_TAG_COLUMNS, columns, "label_column")
+    )
+    label2id = {label: i for i, label in enumerate(label_list)}
+    for split, dataset in raw.items():
+        _require_column(dataset, split, tokens_column, "text_column")
+        _require_column(dataset, split, tags_column, "label_column")
+        _check_tags(dataset, split, tags_column, label2id)
+
+    def tokenize_and_align(batch: dict[str, list]) -> dict[str, list]:
+        encoded = tokenizer(
+            batch[tokens_column], is_split_into_words=True, truncation=True, max_length=args.max_seq_length
+        )
+        all_labels = []
+        for row, (words, tags) in enumerate(zip(batch[tokens_column], batch[tags_column])):
+            if len(words) != len(tags):
+                raise DataError(f"an example has {len(words)} words but {len(tags)} tags: fix the data ({words[:5]})")
+            labels, previous = [], None
+            for word_id in encoded.word_ids(row):
+                first_sub_word = word_id is not None and word_id != previous
+                labels.append(_tag_id(tags[word_id], label2id) if first_sub_word else IGNORE_INDEX)
+                previous = word_id
+            all_labels.append(labels)
+        encoded["labels"] = all_labels
+        return encoded
+
+    return datasets.DatasetDict(
+        {
+            split: dataset.map(
+                tokenize_and_align,
+                batched=True,
+                remove_columns=dataset.column_names,
+                num_proc=args.preprocessing_num_workers,
+                desc=f"Tokenizing {split}",
+            )
+            for split, dataset in _subsample(raw, args).items()
+        }
+    )
+
+
+def prepare_lm_datasets(
+    raw: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    args: DataArguments,
+    task: str = "masked_lm",
+) -> datasets.DatasetDict:
+    """Tokenize a text column, concatenate it and cut it into block_size chunks (HF run_clm/run_mlm style).
+
+    Blank lines are dropped; the tail of each 1,000-line batch that does not fill a block is
+    dropped too. "causal_lm" adds labels = input_ids (the model shifts them); "masked_lm" leaves
+    masking to `DataCollatorForLanguageModeling(mlm=True)` and keeps a special_tokens_mask so that
+    [CLS]/[SEP] are never masked. max_*_samples count blocks.
+    """
+    if task not in _LM_TASKS:
+        raise ValueError(f"task={task!r}: use one of {', '.join(_LM_TASKS)}")
+    block_size = args.block_size or args.max_seq_length
+    if block_size > tokenizer.model_max_length:
+        raise DataError(
+            f"block_size={block_size} exceeds the tokenizer's model_max_length={tokenizer.model_max_length}: "
+            "set block_size (or max_seq_length) lower"
+        )
+    text_column = args.text_column or "text"
+    for split, dataset in raw.items():
+        _require_column(dataset, split, text_column, "text_column")
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        texts = [text for text in batch[text_column] if text and not text.isspace()]
+        # verbose=False: lines longer than model_max_length are fine here, they are cut into blocks.
+        return tokenizer(texts, return_special_tokens_mask=task == "masked_lm", verbose=False)
+
+    def group(batch: dict[str, list]) -> dict[str, list]:
+        concatenated = {key: list(chain.from_iterable(values)) for key, values in batch.items()}
+        total = len(concatenated["input_ids"]) // block_size * block_size
+        blocks = {
+            key: [values[start : start + block_size] for start in range(0, total, block_size)]
+            for key, values in concatenated.items()
+        }
+        if task == "causal_lm":
+            blocks["labels"] = [list(ids) for ids in blocks["input_ids"]]
+        return blocks
+
+    grouped = datasets.DatasetDict()
+    for split, dataset in raw.items():
+        tokenized = dataset.map(
+            tokenize,
+            batched=True,
+            remove_columns=dataset.column_names,
+            num_proc=args.preprocessing_num_workers,
+            desc=f"Tokenizing {split}",
+        )
+        grouped[split] = tokenized.map(
+            group,
+            batched=True,
+            num_proc=args.preprocessing_num_workers,
+            desc=f"Grouping {split} into blocks of {block_size}",
+        )
+        if grouped[split].num_rows == 0:
+            raise DataError(
+                f"the {split} split has fewer than block_size={block_size} tokens per 1,000 lines: "
+                "lower block_size or add text"
+            )
+    return _subsample(grouped, args)
+
+
+def build_data_collator(
+    tokenizer: PreTrainedTokenizerBase, args: DataArguments, task: str
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The batch collator that matches each prepare_* function (dynamic padding, MLM masking)."""
+    if task in ("sequence_classification", "sequence_regression"):
+        return DataCollatorWithPadding(tokenizer)
+    if task == "token_classification":
+        return DataCollatorForTokenClassification(tokenizer)
+    if task == "masked_lm":
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability)
+    if task == "causal_lm":
+        return default_data_collator  # blocks have equal length and carry their labels
+    raise ValueError(f"unknown task {task!r}")
+
+
+def _load_hub(name: str, config: str | None) -> datasets.DatasetDict:
+    """The Hub code path; its failures (offline, unknown name) become one-line DataErrors."""
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except Exception as err:  # datasets raises many types: ConnectionError, DatasetNotFoundError, ...
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise DataError(
+            f"could not load dataset {name!r} (config {config!r}): {type(err).__name__}: {first_line}: "
+            "check the name, or pass local files (train_file/validation_file or a folder as dataset_name)"
+        ) from err
+    return loaded
+
+
+def _split_files_in_folder(folder: Path) -> dict[str, Path]:
+    """Map split -> file for train.*, dev.*/validation.*/valid.*/val.* and test.* in a folder."""
+    found: dict[str, list[Path]] = {split: [] for split in SPLITS}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in _BUILDERS:
+            for split, stems in _SPLIT_STEMS.items():
+                if path.stem.lower() in stems:
+                    found[split].append(path)
+    for split, paths in found.items():
+        if len(paths) > 1:
+            raise DataError(f"several {split} files in {folder}: {', '.join(p.name for p in paths)}: keep one")
+    files = {split: paths[0] for split, paths in found.items() if paths}
+    if not files:
+        raise DataError(
+            f"no data files in folder {folder}: name them train/dev/validation/test with an extension "
+            f"among {', '.join(sorted(_BUILDERS))}"
+        )
+    return files
+
+
+def _load_file(path: str | Path, split: str) -> datasets.Dataset:
+    """One local file as one split, with the builder its extension calls for."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise DataError(f"{split} file {file} is a folder: pass a folder as dataset_name instead")
+    if not file.is_file():
+        raise DataError(f"{split} file not found: {file}: check the path")
+    builder = _BUILDERS.get(file.suffix.lower())
+    if builder is None:
+        raise DataError(
+            f"unsupported file extension {file.suffix or '(none)'!r} for {file}: "
+            f"use one of {', '.join(sorted(_BUILDERS))}"
+        )
+    if not _has_rows(file, builder):
+        raise DataError(f"the {split} file {file} has no rows: point it at a file with examples")
+    dataset = datasets.load_dataset(
+        builder, data_files={split: str(file)}, split=split, **_builder_kwargs(file.suffix.lower())
+    )
+    bom_named = {name: name.lstrip("\ufeff") for name in dataset.column_names if name.startswith("\ufeff")}
+    return dataset.rename_columns(bom_named) if bom_named else dataset
+
+
+def _has_rows(file: Path, builder: str) -> bool:
+    """Checked before loading: `datasets` fails on empty files with errors that do not say so."""
+    if builder == "parquet":
+        return pq.ParquetFile(file).metadata.num_rows > 0
+    needed = 2 if builder == "csv" else 1  # csv/tsv: a header line, then at least one row
+    with file.open(encoding="utf-8-sig", errors="replace") as handle:
+        non_blank = (line for line in handle if line.strip())
+        return sum(1 for _ in zip(range(needed), non_blank)) == needed
+
+
+def _builder_kwargs(suffix: str) -> dict[str, Any]:
+    """Reader options per extension (the csv builder passes pandas.read_csv options through)."""
+    if suffix == ".tsv":
+        return {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False, "encoding": "utf-8-sig"}
+    if suffix == ".csv":
+        return {"keep_default_na": False, "encoding": "utf-8-sig"}
+    if _BUILDERS[suffix] == "text":
+        return {"keep_linebreaks": True}  # causal LMs see line ends, as in HF run_clm
+    return {}
+
+
+def _reference_split(raw: datasets.DatasetDict) -> datasets.Dataset:
+    """The split that defines columns and labels: train, else the first one present."""
+    if not raw:
+        raise DataError("the DatasetDict has no splits: load data with load_raw_datasets first")
+    return raw["train"] if "train" in raw else next(iter(raw.values()))
+
+
+def _require_column(dataset: datasets.Dataset, split: str, column: str, option: str) -> None:
+    if column not in dataset.column_names:
+        raise DataError(
+            f"column {column!r} is not in the {split} split (columns: {', '.join(dataset.column_names)}): set {option}"
+        )
+
+
+def _first_present(candidates: Sequence[str], columns: Sequence[str], option: str) -> str:
+    for name in candidates:
+        if name in columns:
+            return name
+    raise DataError(f"none of the columns {', '.join(candidates)} found (columns: {', '.join(columns)}): set {option}")
+
+
+def _text_columns(columns: Sequence[str], args: DataArguments) -> tuple[str, str | None]:
+    """Explicit text_column/text_pair_column, else the first known pair, else the first known single column."""
+    if args.text_column is not None:
+        return args.text_column, args.text_pair_column
+    if args.text_pair_column is None:
+        for first, second in _TEXT_PAIRS:
+            if first in columns and second in columns:
+                return first, second
+    return _first_present(_TEXT_COLUMNS, columns, "text_column"), args.text_pair_column
+
+
+def _has_labels(dataset: datasets.Dataset, column: str) -> bool:
+    """False for unlabeled test sets: no label column, or only missing/-1 values (GLUE on the Hub)."""
+    if column not in dataset.column_names:
+        return False
+    return any(value is not None and value != -1 for value in dataset.unique(column))
+
+
+def _label_encoding(
+    labeled: Mapping[str, datasets.Dataset], column: str, label2id: Mapping[str, int] | None
+) -> tuple[list[str], Callable[[Any], int | float]]:
+    """Label names by id, and the function that turns a raw label value into its id (or float score)."""
+    values = {split: dataset.unique(column) for split, dataset in labeled.items()}
+    every = set(chain.from_iterable(values.values()))
+    if None in every:
+        raise DataError(f"column {column!r} has empty labels: fill or drop those rows")
+    model_labels = [label for label, _ in sorted(label2id.items(), key=lambda item: item[1])] if label2id else None
+    kinds = {_label_kind(value) for value in every}
+    if len(kinds) > 1:
+        raise DataError(
+            f"column {column!r} mixes label types ({', '.join(sorted(kinds))}): make them all ints or all strings"
+        )
+    kind = kinds.pop() if kinds else "int"
+
+    if kind == "float":
+        if model_labels is not None and len(model_labels) > 1:
+            raise DataError(
+                f"float labels (regression) but label2id has {len(model_labels)} classes: "
+                "use an int or string label column"
+            )
+        return [], float
+
+    if kind == "int":
+        feature = next(iter(labeled.values())).features[column] if labeled else None
+        class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        if model_labels is not None:
+            if class_names is not None:
+                check_label_order(class_names, dict(enumerate(model_labels)))
+            label_list = model_labels
+        else:
+            label_list = class_names or [str(i) for i in range(max(every, default=-1) + 1)]
+        out_of_range = sorted(value for value in every if not 0 <= value < len(label_list))
+        if out_of_range:
+            raise DataError(
+                f"integer labels {out_of_range} are outside 0..{len(label_list) - 1} ({len(label_list)} labels): "
+                "fix the data or the model's label2id"
+            )
+        return label_list, int
+
+    if model_labels is not None:
+        unknown = sorted(every - set(model_labels))
+        if unknown:
+            raise DataError(
+                f"data labels {unknown} are not in the model's label2id {model_labels}: relabel the data, "
+                "or fine-tune the teacher with these label names in config.label2id"
+            )
+        label_list = model_labels
+    else:
+        reference = values["train"] if "train" in values else next(iter(values.values()))
+        label_list = sorted(reference, key=_natural_key(reference))
+        unseen = sorted(every - set(label_list))
+        if unseen:
+            raise DataError(
+                f"labels {unseen} appear outside the train split only: the model could never learn them; fix the splits"
+            )
+    ids = {label: i for i, label in enumerate(label_list)}
+    return label_list, ids.__getitem__
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, int):  # bool included
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "str"
+
+
+def _natural_key(labels: Sequence[str]) -> Callable[[str], Any]:
+    """Numeric order for labels that are all integers written as strings ("2" before "10")."""
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return int
+    return str
+
+
+def _check_tags(dataset: datasets.Dataset, split: str, column: str, label2id: Mapping[str, int]) -> None:
+    """Every tag (string or id) must belong to label_list, checked once on the Arrow column."""
+    tags = pc.unique(pc.list_flatten(dataset.data.column(column))).to_pylist()
+    unknown = sorted(
+        (tag for tag in tags if (tag not in label2id if isinstance(tag, str) else not 0 <= tag < len(label2id))),
+        key=str,
+    )
+    if unknown:
+        raise DataError(
+            f"tags {unknown} in the {split} split are not in label_list {list(label2id)}: extend label_list"
+        )
+
+
+def _tag_id(tag: str | int, label2id: Mapping[str, int]) -> int:
+    return label2id[tag] if isinstance(tag, str) else int(tag)
+
+
+def _subsample(raw: datasets.DatasetDict, args: DataArguments) -> datasets.DatasetDict:
+    """max_train_samples: first N after a seeded shuffle (a random subset, reproducible);
+    max_eval_samples: first N validation examples (the same ones in every run)."""
+    subset = datasets.DatasetDict(raw)
+    if args.max_train_samples is not None and "train" in subset:
+        train = subset["train"].shuffle(seed=args.subset_seed)
+        subset["train"] = train.select(range(min(args.max_train_samples, train.num_rows)))
+    if args.max_eval_samples is not None and "validation" in subset:
+        validation = subset["validation"]
+        subset["validation"] = validation.select(range(min(args.max_eval_samples, validation.num_rows)))
+    return subset

