@@ -53,6 +53,10 @@ class ModelArguments:
         default=False,
         metadata={"help": "Re-initialise a checkpoint's task head whose size differs (e.g. another label count)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished or partial run already in output_dir (otherwise refused)."},
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow model code from the checkpoint to run. Off unless you trust it."}
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -25,7 +26,7 @@ from hfkd.data import (
     prepare_lm_datasets,
     prepare_token_classification_datasets,
 )
-from hfkd.metrics import build_compute_metrics, perplexity_from_loss, preprocess_logits_for_metrics
+from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_loss, preprocess_logits_for_metrics
 from hfkd.student import create_student
 from hfkd.trainer import DistillationTrainer
 from hfkd.validation import TASK_AUTO_CLASSES
@@ -79,27 +80,84 @@ def _trainer_kwargs(task: str, datasets: Any, tokenizer: Any, data_args: DataArg
 
 
 def _finish(trainer: Trainer, task: str) -> dict[str, float]:
-    """Train (resuming if asked), save the model and tokenizer, evaluate, write the results."""
+    """Train (resuming if asked), evaluate, save model + tokenizer + card, write the results."""
     args = trainer.args
     if trainer.train_dataset is None:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.save_metrics("train", result.metrics)
     metrics: dict[str, float] = {}
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
         if task in ("masked_lm", "causal_lm"):
             metrics["eval_perplexity"] = perplexity_from_loss(metrics["eval_loss"])
+    trainer.save_model()
+    trainer.save_metrics("train", result.metrics)
+    if metrics:
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    if getattr(args, "report_at_end", False) and trainer.eval_dataset is not None and trainer.is_world_process_zero():
+        _report(trainer, task)
     return metrics
+
+
+def _report(trainer: DistillationTrainer, task: str) -> None:
+    """Teacher vs the saved student on the eval set: report files, and the card gains the table."""
+    from hfkd.report import build_report, write_report
+
+    args = trainer.args
+    report = build_report(
+        trainer.teacher,
+        [(os.path.basename(os.path.normpath(args.output_dir)), args.output_dir)],
+        trainer.eval_dataset,
+        trainer.data_collator,
+        trainer.compute_metrics,
+        metric_name=DEFAULT_METRIC[task],
+        alpha=args.report_alpha,
+        teacher_name=os.path.basename(os.path.normpath(str(trainer.teacher_name))),
+    )
+    write_report(report, os.path.join(args.output_dir, "report"))
+    trainer.write_model_card(args.output_dir, report=report)
+
+
+def _dataset_names(data_args: DataArguments) -> list[str]:
+    if data_args.dataset_name:
+        return [data_args.dataset_name]
+    path = data_args.validation_file or data_args.train_file
+    return [os.path.basename(os.path.dirname(os.path.abspath(path)))] if path else []
+
+
+def check_output_dir(args: TrainingArguments, model_args: ModelArguments) -> None:
+    """Refuse to write over another run unless asked to resume or overwrite it."""
+    out = args.output_dir
+    if not out or not os.path.isdir(out) or args.resume_from_checkpoint or model_args.overwrite_output_dir:
+        return
+    markers = [n for n in os.listdir(out) if n.startswith("checkpoint-") or n in ("model.safetensors", "trainer_state.json")]
+    if markers:
+        checkpoints = sorted((n for n in markers if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[-1]))
+        resume = f"--resume_from_checkpoint {os.path.join(out, checkpoints[-1])} to continue it, " if checkpoints else ""
+        raise ValueError(
+            f"output_dir {out} already holds a run ({', '.join(sorted(markers)[:3])}); pass {resume}"
+            "--overwrite_output_dir to replace it, or choose another output_dir."
+        )
+
+
+def check_sequence_length(data_args: DataArguments, *models: PreTrainedModel) -> None:
+    """A max_seq_length beyond a model's position table fails deep inside the forward pass: fail here."""
+    for model in models:
+        limit = getattr(model.config, "max_position_embeddings", None)
+        length = data_args.block_size or data_args.max_seq_length
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"max_seq_length/block_size={length} exceeds {type(model).__name__}'s "
+                f"max_position_embeddings={limit}; set max_seq_length <= {limit}."
+            )
 
 
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Plain fine-tuning (teachers must often be made first): the same data path as distillation."""
     if not model_args.model_name_or_path:
         raise ValueError("finetune needs model_name_or_path (a checkpoint folder or Hub name).")
+    check_output_dir(args, model_args)
     set_seed(args.seed)
     task = model_args.task
     path = resolve_model_path(model_args.model_name_or_path)
@@ -115,6 +173,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
             label2id={label: i for i, label in enumerate(labels)},
         )
     model = _auto_class(task).from_pretrained(path, **model_kwargs)
+    check_sequence_length(data_args, model)
     trainer = Trainer(model=model, args=args, **_trainer_kwargs(task, datasets, tokenizer, data_args, labels))
     return _finish(trainer, task)
 
@@ -147,6 +206,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     """Distill the teacher into a student on the task's data; returns the student's eval metrics."""
     if not model_args.teacher_model_name_or_path:
         raise ValueError("distillation needs teacher_model_name_or_path (a fine-tuned checkpoint).")
+    check_output_dir(args, model_args)
     set_seed(args.seed)
     task = model_args.task
     teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
@@ -168,10 +228,13 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
         teacher.config.id2label = dict(enumerate(labels))
         teacher.config.label2id = {label: i for i, label in enumerate(labels)}
     student = build_student(model_args, teacher, task)
+    check_sequence_length(data_args, teacher, student)
+    datasets = use_teacher_cache(teacher, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=args,
+        dataset_names=_dataset_names(data_args),
         **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
     )
     return _finish(trainer, task)
@@ -185,6 +248,7 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("hfkd").setLevel(logging.INFO)
     atexit.register(_destroy_process_group)  # at exit, so chained recipes share one process group
+    _cpu_only_multiprocess()
     try:
         model_args, data_args, train_args = parse_args([ModelArguments, DataArguments, config_class], argv)
         return run(model_args, data_args, train_args)
@@ -196,8 +260,89 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
         raise SystemExit(2) from None
 
 
+def _cpu_only_multiprocess() -> None:
+    """`accelerate launch --multi_gpu` on a machine with no accelerator: DDP over gloo on the CPU.
+
+    Without this, Accelerate sees no GPU, falls back to one process's worth of state and every
+    process trains the whole dataset alone.
+    """
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not accelerated:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
 def _destroy_process_group() -> None:
     # Without this, processes started by `accelerate launch` abort at exit (SIGABRT).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
+
+
+# ---------------------------------------------------------------- teacher-output cache (`hfkd cache-teacher`)
+
+
+def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
+    """Run the teacher once over the train split and save its logits in `teacher_cache_dir`.
+
+    `hfkd distill` with the same config then trains from the cache (see `use_teacher_cache`).
+    """
+    from hfkd.teacher_cache import build_teacher_cache
+
+    if not args.teacher_cache_dir:
+        raise ValueError("cache-teacher needs teacher_cache_dir: set the folder the cache is written to.")
+    if not model_args.teacher_model_name_or_path:
+        raise ValueError("cache-teacher needs teacher_model_name_or_path (a fine-tuned checkpoint).")
+    if args.world_size > 1:
+        raise ValueError("cache-teacher runs in one process: start it without accelerate launch.")
+    task = model_args.task
+    teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=model_args.trust_remote_code)
+    teacher = _auto_class(task).from_pretrained(
+        teacher_path, trust_remote_code=model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {}))
+    datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teacher.config)
+    if "train" not in datasets:
+        raise ValueError("no train split: set train_file (or dataset_name with a train split).")
+    cache = build_teacher_cache(
+        _cast_teacher(teacher, args),
+        datasets["train"],
+        build_data_collator(tokenizer, data_args, task),
+        args.teacher_cache_dir,
+        batch_size=args.per_device_eval_batch_size,
+        fingerprint_extra=_cache_fingerprint_extra(tokenizer, data_args),
+    )
+    logger.info("Cached the teacher's logits for %d rows in %s", len(cache), args.teacher_cache_dir)
+    return {"cached_rows": len(cache)}
+
+
+def use_teacher_cache(
+    teacher: PreTrainedModel, datasets: Any, tokenizer: Any, data_args: DataArguments, args: DistillationConfig
+) -> Any:
+    """`datasets` with the train split swapped for the cache in `teacher_cache_dir`, when there is one.
+
+    A missing cache means online distillation (with a warning); a stale one is refused. Casts the
+    teacher to the device and `teacher_dtype` the trainer would, since the fingerprint hashes its weights.
+    """
+    from hfkd.teacher_cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
+
+    cache_dir = args.teacher_cache_dir
+    if not cache_dir or "train" not in datasets:
+        return datasets
+    if not os.path.isfile(os.path.join(cache_dir, FINGERPRINT_NAME)):
+        logger.warning("No teacher cache in %s: distilling online (build one with hfkd cache-teacher).", cache_dir)
+        return datasets
+    expected = teacher_cache_fingerprint(
+        _cast_teacher(teacher, args), datasets["train"], extra=_cache_fingerprint_extra(tokenizer, data_args))
+    datasets["train"] = load_teacher_cache(cache_dir, expected)
+    return datasets
+
+
+def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
+    dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
+    return teacher.to(device=args.device, dtype=dtype)
+
+
+def _cache_fingerprint_extra(tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:
+    from hfkd.teacher_cache import tokenizer_sha256
+
+    return {"tokenizer_sha256": tokenizer_sha256(tokenizer), "max_length": data_args.max_seq_length,
+            "block_size": data_args.block_size}

@@ -7,6 +7,7 @@ checkpointing, evaluation, Hub push) is the stock Trainer, reached through its h
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections import defaultdict
 from typing import Any
@@ -14,17 +15,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfkd.config import DistillationConfig
 from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
     check_teacher_student_compatibility,
     is_causal_lm,
     load_teacher,
     require_attentions,
+    task_of,
 )
 
 PROJECTIONS_NAME = "hfkd_projections.safetensors"
@@ -43,10 +47,12 @@ class DistillationTrainer(Trainer):
         model: the student (a `PreTrainedModel`); it is the model Trainer trains, evaluates and saves.
         teacher_model: a model, or a name/path loaded with the student's Auto class and
             `args.teacher_model_init_kwargs`. Frozen, in eval mode, on the student's device. May be
-            None when only `alpha_ce` is active.
+            None when only `alpha_ce` is active, or when only logit terms are and `train_dataset`
+            carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
         args: a `DistillationConfig`.
         teacher_processing_class: the teacher's tokenizer, checked token-for-token against
             `processing_class` (the student's) when both are given.
+        dataset_names: datasets named in the model card (the first is the evaluation set).
         Every other argument is `transformers.Trainer`'s.
     """
 
@@ -60,6 +66,7 @@ class DistillationTrainer(Trainer):
         args: DistillationConfig | None = None,
         *trainer_args: Any,
         teacher_processing_class: Any = None,
+        dataset_names: list[str] | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if model is None or isinstance(model, str):
@@ -73,12 +80,17 @@ class DistillationTrainer(Trainer):
                 "DistillationConfig accepts every TrainingArguments field."
             )
         teacher = None
-        if args.needs_teacher:
-            if teacher_model is None:
-                raise ValueError(
-                    "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
-                    "or set those weights to 0 to train on the labels alone."
-                )
+        # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
+        train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
+        cached = has_teacher_cache(train_dataset)
+        representations = args.alpha_hidden > 0 or args.alpha_attention > 0
+        if teacher_model is None and (representations or (args.alpha_kd > 0 and not cached)):
+            raise ValueError(
+                "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
+                "or (logit terms only) a train_dataset from hfkd.teacher_cache.load_teacher_cache, "
+                "or set those weights to 0 to train on the labels alone."
+            )
+        if args.needs_teacher and teacher_model is not None:
             teacher = load_teacher(teacher_model, model, args)
             check_teacher_student_compatibility(
                 teacher,
@@ -89,13 +101,20 @@ class DistillationTrainer(Trainer):
             if args.alpha_attention > 0:
                 for m in (teacher, model):
                     m.set_attn_implementation("eager")
+        self.teacher_name = teacher_model if isinstance(teacher_model, str) else getattr(
+            getattr(teacher, "config", None), "_name_or_path", None) or "teacher"
+        self.dataset_names = list(dataset_names or [])
         self.layer_pairs = self._layer_pairs(model, teacher, args)
         self.projections = self._attach_projections(model, teacher, args)
 
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
+        if cached:
+            self.data_collator = TeacherCacheCollator(self.data_collator)
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        if self.projections is not None and self.args.world_size > 1:
+            self._share_projections()
         self._student_inputs = _forward_arg_names(model)
         self._teacher_inputs = _forward_arg_names(teacher) if teacher is not None else None
         self._causal = is_causal_lm(model)
@@ -147,13 +166,34 @@ class DistillationTrainer(Trainer):
         student.add_module(PROJECTIONS_ATTR, projections)
         names = {f"{PROJECTIONS_ATTR}.{n}" for n, _ in projections.named_parameters()}
         student._keys_to_ignore_on_save = set(student._keys_to_ignore_on_save or ()) | names
+        # DDP rejects parameters used outside the wrapped forward: it skips these, and
+        # `_share_projections` keeps them identical across processes instead.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(student, sorted(names))
         return projections
+
+    def _share_projections(self) -> None:
+        """Same initial projections on every process, gradients averaged over processes."""
+        world_size = self.args.world_size
+
+        def average(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            torch.distributed.all_reduce(grad)
+            return grad / world_size
+
+        for parameter in self.projections.parameters():
+            torch.distributed.broadcast(parameter.data, src=0)
+            parameter.register_hook(average)
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         teacher.requires_grad_(False)
         teacher.eval()
         dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
         return teacher.to(device=self.args.device, dtype=dtype)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Keep the cached teacher columns, which remove_unused_columns would drop: no forward takes them.
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
 
     # ------------------------------------------------------------------ loss
 
@@ -179,8 +219,9 @@ class DistillationTrainer(Trainer):
         want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
         outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
+        cached_logits = inputs.get(TEACHER_LOGITS)
         teacher_out = None
-        if self.teacher is not None:
+        if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
             with torch.inference_mode():
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs, drop=("labels",)),
@@ -204,7 +245,8 @@ class DistillationTrainer(Trainer):
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
         if args.alpha_kd > 0:
-            teacher_logits, _, _ = self._aligned(teacher_out.logits, None, None)
+            source = cached_logits if cached_logits is not None else teacher_out.logits
+            teacher_logits, _, _ = self._aligned(source, None, None)
             terms["kd_loss"] = KD_LOSSES[args.kd_loss](
                 logits,
                 teacher_logits,
@@ -319,6 +361,63 @@ class DistillationTrainer(Trainer):
         for group in moved_groups:
             optimizer.add_param_group(group)
         return optimizer
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the clean student and, outside checkpoints, its model card."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.args.should_save:
+            self.write_model_card(output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name: str | None = None, license: str | None = None,
+                          dataset: str | list[str] | None = None, **_: Any) -> None:
+        """Trainer.push_to_hub's hook: our card replaces the generic one."""
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir, model_name=model_name, license=license, dataset=dataset)
+
+    def write_model_card(self, output_dir: str, model_name: str | None = None, license: str | None = None,
+                         dataset: str | list[str] | None = None, report: dict | None = None) -> None:
+        """README.md with Hub metadata, the distillation settings and (if measured) the report."""
+        from hfkd.model_card import build_model_card, write_model_card
+
+        report_path = os.path.join(output_dir, "report", "report.json")
+        if report is None and os.path.isfile(report_path):
+            with open(report_path, encoding="utf-8") as handle:
+                report = json.load(handle)
+        datasets = [dataset] if isinstance(dataset, str) else list(dataset or self.dataset_names or ["unknown"])
+        metrics = next((h for h in reversed(self.state.log_history) if "eval_loss" in h), {})
+        text = build_model_card(
+            model_name=model_name or self.args.hub_model_id or os.path.basename(os.path.normpath(output_dir)),
+            teacher_name=self.teacher_name,
+            dataset_names=datasets,
+            metrics={k: v for k, v in metrics.items() if k.startswith("eval_")},
+            task=task_of(self.model) or "feature-extraction",
+            distillation_settings=self.distillation_settings(),
+            report=report,
+            license=license,
+        )
+        write_model_card(output_dir, text)
+
+    def distillation_settings(self) -> dict[str, Any]:
+        """What the model card says about how this student was made."""
+        args = self.args
+        settings: dict[str, Any] = {
+            "loss": " + ".join(f"{getattr(args, 'alpha_' + t)}·{t.upper()}" for t in ("ce", "kd", "hidden", "attention")
+                               if getattr(args, "alpha_" + t) > 0),
+            "kd_loss": f"{args.kd_loss} (T={args.temperature}, T² scaling {'on' if args.kd_scale_by_t2 else 'off'})",
+        }
+        if args.alpha_hidden > 0:
+            settings["hidden_loss"] = args.hidden_loss
+        if args.alpha_attention > 0:
+            settings["attention_loss"] = f"{args.attention_loss} (post-softmax attention probabilities)"
+        if self.layer_pairs:
+            settings["layer_map (student→teacher hidden states)"] = ", ".join(f"{s}→{t}" for s, t in self.layer_pairs)
+        copied = getattr(self.model.config, "hfkd_teacher_layers", None)
+        if copied is not None:
+            settings["student_init"] = f"teacher layers {list(copied)} (0-based)"
+        if self.projections is not None:
+            settings["projections"] = "linear, student width → teacher width, not part of the saved student"
+        settings["teacher"] = self.teacher_name
+        return settings
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is not None:  # DeepSpeed/FSDP hand over a gathered dict: keep the student only

@@ -52,10 +52,12 @@ def main() -> None:
     if not (options.reuse_teacher and os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))):
         print("[1/2] fine-tuning the teacher (MiniLM-L6-H384, 6 layers)", flush=True)
         run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"),
-                                  "--output_dir", teacher_dir, *data], config_class=TrainingArguments)
+                                  "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
+                   config_class=TrainingArguments)
     print("[2/2] distilling a 3-layer student (teacher layers 0, 2, 4)", flush=True)
     run_recipe(run_distillation, ["--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"),
-                                  "--teacher_model_name_or_path", teacher_dir, "--output_dir", student_dir, *data])
+                                  "--teacher_model_name_or_path", teacher_dir, "--output_dir", student_dir,
+                                  "--overwrite_output_dir", *data])
 
     if int(os.environ.get("RANK", "0")) == 0:
         table = summarize(teacher_dir, {"student_l3": student_dir}, metric="eval_accuracy")

@@ -99,12 +99,16 @@ def run_recipe(*args):
         (["--student_layer_indices", "0", "7"], "7"),
         (["--unknown_flag", "1"], "unrecognised arguments"),
         (["--teacher_model_name_or_path", "BASE"], "the data has 6 labels"),
+        (["--max_seq_length", "512"], "exceeds BertForSequenceClassification's max_position_embeddings=128"),
+        (["--output_dir", "RUN"], "already holds a run"),
     ],
 )
 def test_recipe_bad_input_is_one_line_exit_2(workspace, extra, message):
     base = ["--teacher_model_name_or_path", str(workspace / "teacher6"), "--student_num_layers", "1",
             *common(workspace, "bad")]
-    result = run_recipe(*base, *[str(workspace / "base") if a == "BASE" else a for a in extra])
+    (workspace / "previous" / "checkpoint-3").mkdir(parents=True, exist_ok=True)
+    names = {"BASE": str(workspace / "base"), "RUN": str(workspace / "previous")}
+    result = run_recipe(*base, *[names.get(a, a) for a in extra])
     assert result.returncode == 2, result.stderr[-1500:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr

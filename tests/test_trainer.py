@@ -122,7 +122,7 @@ def test_projections_bridge_widths_train_with_own_lr_and_stay_out_of_student(tmp
     torch.testing.assert_close(saved["1.weight"], trainer.projections["1"].weight.detach())
     assert not any("projection" in k for k in load_file(checkpoint / "model.safetensors"))
     trainer.save_model(str(tmp_path / "final"))
-    assert sorted(os.listdir(tmp_path / "final")) == ["config.json", "model.safetensors", "training_args.bin"]
+    assert sorted(os.listdir(tmp_path / "final")) == ["README.md", "config.json", "model.safetensors", "training_args.bin"]
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final")
     inputs = batch()
     inputs.pop("labels")

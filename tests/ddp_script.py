@@ -1,0 +1,58 @@
+"""A 2-process distillation run for test_distributed.py (launched with `accelerate launch`)."""
+
+import json
+import os
+import sys
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from transformers import DataCollatorWithPadding
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import seq_cls_dataset, seq_cls_pair  # noqa: E402
+
+from hfkd import DistillationConfig, DistillationTrainer  # noqa: E402
+
+
+class RecordingCollator:
+    """Pads like DataCollatorWithPadding and records which examples this process saw."""
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+
+    def __call__(self, features):
+        self.seen.append([f["input_ids"][0] * 1000 + f["input_ids"][1] for f in features])
+        return {k: torch.tensor([f[k] for f in features]) for k in features[0]}
+
+
+def main(output_dir: str) -> None:
+    teacher, student = seq_cls_pair(student_hidden=16)
+    collator = RecordingCollator()
+    args = DistillationConfig(
+        output_dir=output_dir, report_to=[], per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        num_train_epochs=1, learning_rate=1e-3, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, seed=0,
+        save_strategy="no", disable_tqdm=True, logging_steps=1, dataloader_drop_last=True, use_cpu=True,
+    )
+    data = seq_cls_dataset(64)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  eval_dataset=data, data_collator=collator)
+    trainer.train()
+    trainer.save_model()
+    metrics = trainer.evaluate()
+    rank = trainer.args.process_index
+    checksum = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+    record = {
+        "rank": rank, "world_size": trainer.args.world_size, "global_step": trainer.state.global_step,
+        "seen": collator.seen, "checksum": checksum, "eval_loss": metrics["eval_loss"],
+        "student_wrapped": isinstance(trainer.model_wrapped, DistributedDataParallel),
+        "teacher_wrapped": isinstance(trainer.teacher, DistributedDataParallel),
+        "teacher_trainable": any(p.requires_grad for p in trainer.teacher.parameters()),
+        "distributed_type": str(trainer.accelerator.distributed_type),
+    }
+    with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump(record, handle)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

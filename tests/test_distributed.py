@@ -1,0 +1,42 @@
+"""Two processes over gloo (DDP on CPU) through `accelerate launch`, as users run recipes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+SCRIPT = Path(__file__).with_name("ddp_script.py")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate CLI not installed")
+def test_two_process_distillation(tmp_path):
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(tmp_path)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and "MULTI_CPU" in r["distributed_type"] for r in ranks)
+    # 64 examples / (4 per device x 2 processes x 2 accumulation) = 4 optimizer steps
+    assert all(r["global_step"] == 4 for r in ranks)
+    seen = [{x for batch in r["seen"] for x in batch} for r in ranks]
+    train_seen = [set(list(x for batch in r["seen"][:8] for x in batch)) for r in ranks]
+    assert train_seen[0].isdisjoint(train_seen[1]) and len(train_seen[0] | train_seen[1]) == 64
+    assert seen[0] and seen[1]
+    assert ranks[0]["student_wrapped"] and not ranks[0]["teacher_wrapped"] and not ranks[0]["teacher_trainable"]
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # DDP kept replicas in sync
+
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert student.config.num_hidden_layers == 2
+    with torch.no_grad():
+        logits = student(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape == (1, 3) and torch.isfinite(logits).all()

@@ -1,0 +1,71 @@
+"""Model card on save, and what push_to_hub would upload (stubbed at the huggingface_hub client)."""
+
+import fnmatch
+import os
+
+import yaml
+from huggingface_hub import HfApi
+
+from hfkd import DistillationConfig, DistillationTrainer
+from hfkd.metrics import build_compute_metrics
+from conftest import seq_cls_pair
+
+
+def front_matter(text):
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def make_trainer(tmp_path, dataset, **kw):
+    teacher, student = seq_cls_pair(student_hidden=16)
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_steps=4, per_device_train_batch_size=8,
+        save_strategy="steps", save_steps=2, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, disable_tqdm=True,
+        eval_strategy="steps", eval_steps=4, **kw,
+    )
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                               eval_dataset=dataset, dataset_names=["sst2"],
+                               compute_metrics=build_compute_metrics("sequence_classification"))
+
+
+def test_save_model_writes_a_model_card_with_settings(tmp_path, tiny_dataset):
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    trainer.train()
+    trainer.save_model()
+    text = (tmp_path / "out" / "README.md").read_text()
+    meta = front_matter(text)
+    assert {"hfkd", "distillation"} <= set(meta["tags"]) and meta["datasets"] == ["sst2"]
+    assert meta["base_model"] == "teacher" or meta["base_model"]
+    assert "0.5·CE + 1.0·KD + 1.0·HIDDEN" in text and "1→2, 2→4" in text and "T=2.0" in text
+    results = meta["model-index"][0]["results"][0]
+    assert {m["type"] for m in results["metrics"]} >= {"accuracy"}
+
+
+def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monkeypatch):
+    uploads = []
+
+    def fake_upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        files = []
+        for root, _, names in os.walk(folder_path):
+            for name in names:
+                rel = os.path.relpath(os.path.join(root, name), folder_path)
+                if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p)
+                           for p in ignore_patterns):
+                    files.append(rel)
+        uploads.append((repo_id, sorted(files)))
+
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": repo_id})())
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    trainer = make_trainer(tmp_path, tiny_dataset, hub_model_id="me/tiny-student")
+    trainer.train()
+    trainer.push_to_hub(blocking=True)
+    repo_id, files = uploads[-1]
+    assert repo_id == "me/tiny-student"
+    assert "model.safetensors" in files and "config.json" in files and "README.md" in files
+    assert not any("projection" in f or "checkpoint-" in f or "teacher" in f for f in files), files
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "out" / "model.safetensors")
+    assert not any("projection" in k for k in keys)
+    assert "distill" in (tmp_path / "out" / "README.md").read_text()
