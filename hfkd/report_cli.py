@@ -123,5 +123,6 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         repeats=options.repeats,
     )
     paths = write_report(report, options.output_dir)
-    print(open(paths["md"], encoding="utf-8").read() if "md" in paths else json.dumps(report, indent=2))
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return report

