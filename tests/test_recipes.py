@@ -131,3 +131,79 @@ def test_recipe_bad_input_is_one_line_exit_2(workspace, extra, message):
     assert result.returncode == 2, result.stderr[-1500:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr
+
+
+WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext2" / "valid.txt"
+
+
+def _lm_model_dir(root, kind):
+    from transformers import BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    if kind == "mlm":
+        model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=128))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=4,
+                                           n_positions=128, bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(root / kind)
+    tokenizer.save_pretrained(root / kind)
+    return root / kind
+
+
+@pytest.mark.skipif(not WIKITEXT.is_file(), reason="shared WikiText-2 data not present")
+@pytest.mark.parametrize("kind,script", [("mlm", "distill_masked_lm.py"), ("clm", "distill_causal_lm.py")])
+def test_language_model_recipes_on_wikitext(tmp_path, kind, script):
+    teacher = _lm_model_dir(tmp_path, kind)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / script), "--teacher_model_name_or_path", str(teacher),
+         "--student_num_layers", "1", "--train_file", str(WIKITEXT), "--validation_file", str(WIKITEXT),
+         "--block_size", "32", "--max_train_samples", "32", "--max_eval_samples", "16",
+         "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "8", "--max_steps", "3",
+         "--alpha_kd", "1", "--alpha_ce", "1", "--alpha_hidden", "1", "--hidden_loss", "cosine",
+         "--report_to", "none", "--use_cpu", "--save_strategy", "no", "--disable_tqdm", "true"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["eval_perplexity"] > 1 and "eval_accuracy" in results
+
+
+def test_token_classification_recipe(tmp_path):
+    from transformers import BertForTokenClassification
+
+    tags = ["O", "B-LOC", "I-LOC"]
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, id2label=dict(enumerate(tags)),
+                        label2id={t: i for i, t in enumerate(tags)})
+    BertForTokenClassification(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    rows = [{"tokens": ["we", "flew", "to", "new", "york"], "ner_tags": ["O", "O", "O", "B-LOC", "I-LOC"]},
+            {"tokens": ["paris", "is", "big"], "ner_tags": ["B-LOC", "O", "O"]}] * 8
+    data = tmp_path / "ner.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    main(run_distillation, ["--task", "token_classification", "--teacher_model_name_or_path", str(tmp_path / "teacher"),
+                            "--student_num_layers", "1", "--train_file", str(data), "--validation_file", str(data),
+                            "--label_column", "ner_tags", "--output_dir", str(tmp_path / "out"), "--max_steps", "3",
+                            "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu",
+                            "--save_strategy", "no", "--disable_tqdm", "true", "--alpha_kd", "1", "--alpha_ce", "1"])
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert {"eval_f1", "eval_precision", "eval_recall"} <= set(results)
+
+
+def test_accelerate_launch_two_processes_runs_the_recipe(workspace, tmp_path):
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run(
+        [launcher, "launch", "--config_file", str(REPO_ROOT / "recipes" / "accelerate" / "ddp.yaml"),
+         str(REPO_ROOT / "recipes" / "distill_text_classification.py"),
+         "--teacher_model_name_or_path", str(workspace / "teacher6"), "--student_num_layers", "1",
+         *[a for a in common(workspace, "ddp_student") if a != "--use_cpu"], "--output_dir", str(tmp_path / "ddp")],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
+    # 60 examples, 2 processes x 8 per device -> 4 steps per epoch, 2 epochs
+    assert state["global_step"] == 8
+    assert (tmp_path / "ddp" / "eval_results.json").is_file()
