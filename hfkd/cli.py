@@ -2,6 +2,8 @@
 
     hfkd distill  --config C.yaml [--flag value ...]   (task from the config's `task` key)
     hfkd finetune --config C.yaml [--flag value ...]
+    hfkd cache-teacher --config C.yaml [--flag value ...]   (teacher logits of the train split
+                                                           -> teacher_cache_dir, read by `hfkd distill`)
     hfkd report   --teacher PATH --student PATH [--student PATH ...] (--config C.yaml | --dataset ...)
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-COMMANDS = ("distill", "finetune", "report")
+COMMANDS = ("distill", "finetune", "cache-teacher", "report")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from hfkd.recipes import run_finetune
 
         run_recipe(run_finetune, rest, config_class=TrainingArguments)
+    elif command == "cache-teacher":
+        from hfkd.recipes import main as run_recipe
+        from hfkd.recipes import run_cache_teacher
+
+        run_recipe(run_cache_teacher, rest)
     else:
         from hfkd.report_cli import main as report_main
 

@@ -108,12 +108,31 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded."},
     )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the teacher-output cache of the train split: `hfkd cache-teacher` builds it, "
+            "`hfkd distill` trains from it when it exists (the teacher then runs only for hidden/attention "
+            "terms). Not for inputs that change every epoch, such as random MLM masking."
+        },
+    )
     nonfinite_loss: str = field(
         default="raise",
         metadata={
             "help": "What to do when a loss term is NaN/inf: 'raise' stops training naming the step "
             "and the term; 'skip' drops that step's update."
         },
+    )
+
+    report_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, measure teacher and student (size, score, latency, distillation "
+            "metric) and write report.json/.md/.png to output_dir/report; the model card includes it."
+        },
+    )
+    report_alpha: float = field(
+        default=0.5, metadata={"help": "alpha of the distillation metric in the report and model card."}
     )
 
     def __post_init__(self) -> None:
@@ -143,6 +162,8 @@ class DistillationConfig(TrainingArguments):
         _check_choice("attention_loss", self.attention_loss, ATTENTION_LOSSES)
         _check_choice("projection_init", self.projection_init, PROJECTION_INITS)
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
+        if not 0.0 <= self.report_alpha <= 1.0:
+            raise ValueError(f"report_alpha must be in [0, 1], got {self.report_alpha}.")
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise ValueError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}.")
         if self.projection_learning_rate is not None and self.projection_learning_rate <= 0:

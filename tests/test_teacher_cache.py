@@ -1,0 +1,256 @@
+"""Teacher-output cache: same student as online KD, stale caches refused, uncacheable inputs refused."""
+
+import copy
+import json
+import os
+
+import datasets
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertTokenizerFast,
+    DataCollatorForLanguageModeling,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+)
+
+from conftest import VOCAB, bert_config, seq_cls_pair
+from hfkd import DistillationConfig, DistillationTrainer
+from hfkd.teacher_cache import (
+    FINGERPRINT_NAME,
+    TEACHER_LOGITS,
+    TeacherCacheCollator,
+    build_teacher_cache,
+    load_teacher_cache,
+    teacher_cache_fingerprint,
+)
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """Keep Arrow caches of these tests out of the shared ~/.cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> BertTokenizerFast:
+    path = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, VOCAB)]))
+    return BertTokenizerFast(vocab=str(path))
+
+
+def ragged_dataset(n=24, seed=0, token_labels=False) -> Dataset:
+    """Rows of 4 to 12 tokens, so batches are padded differently when cached and when trained."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for _ in range(n):
+        length = int(torch.randint(4, 13, (1,), generator=g))
+        ids = [2] + torch.randint(5, VOCAB, (length - 2,), generator=g).tolist() + [3]
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * length)
+        rows["labels"].append([-100] + [i % 4 for i in ids[1:-1]] + [-100] if token_labels else ids[1] % 3)
+    return Dataset.from_dict(rows)
+
+
+def config(tmp_path, name, **kw):
+    defaults = dict(output_dir=str(tmp_path / name), report_to=[], use_cpu=True, per_device_train_batch_size=8,
+                    max_steps=4, learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=0,
+                    disable_tqdm=True, alpha_kd=0.8, alpha_ce=0.2, temperature=2.0)
+    return DistillationConfig(**{**defaults, **kw})
+
+
+def train(tmp_path, name, student, teacher, data, collator):
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, name),
+                                  train_dataset=data, data_collator=collator)
+    trainer.train()
+    return trainer
+
+
+def assert_same_weights(a, b):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
+def test_student_trained_from_cache_equals_online(tmp_path, tokenizer):
+    teacher, student = seq_cls_pair()
+    twin = BertForSequenceClassification(student.config)
+    twin.load_state_dict(student.state_dict())
+    data, collator = ragged_dataset(), DataCollatorWithPadding(tokenizer)
+
+    online = train(tmp_path, "online", student, teacher, data, collator)
+    cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", batch_size=16)
+    cached = train(tmp_path, "cached", twin, None, cache, collator)
+
+    assert cached.teacher is None
+    assert_same_weights(online.model, cached.model)
+    kd = [[h["kd_loss"] for h in t.state.log_history if "kd_loss" in h] for t in (online, cached)]
+    assert kd[0] == pytest.approx(kd[1], abs=1e-5) and len(kd[0]) == 4
+
+
+def test_token_classification_cache_pads_positions_like_online(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(bert_config(layers=2, labels=4))
+    student = BertForTokenClassification(bert_config(layers=1, labels=4))
+    twin = BertForTokenClassification(student.config)
+    twin.load_state_dict(student.state_dict())
+    data, collator = ragged_dataset(token_labels=True), DataCollatorForTokenClassification(tokenizer)
+
+    online = train(tmp_path, "online", student, teacher, data, collator)
+    cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache")
+    assert [len(row) for row in cache[TEACHER_LOGITS]] == [len(ids) for ids in data["input_ids"]]
+    cached = train(tmp_path, "cached", twin, None, cache, collator)
+    assert_same_weights(online.model, cached.model)
+
+
+def test_causal_lm_cache_is_shifted_like_online(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
+
+    def gpt2(layers):
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+    torch.manual_seed(0)
+    teacher, student = gpt2(2), gpt2(1)
+    twin = GPT2LMHeadModel(student.config)
+    twin.load_state_dict(student.state_dict())
+    ids = torch.randint(1, VOCAB, (16, 10), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 10] * 16, "labels": ids.tolist()})
+
+    online = train(tmp_path, "online", student, teacher, data, default_data_collator)
+    cache = build_teacher_cache(teacher, data, default_data_collator, tmp_path / "cache")
+    cached = train(tmp_path, "cached", twin, None, cache, default_data_collator)
+    assert_same_weights(online.model, cached.model)
+
+
+def test_cache_keeps_row_order_and_records_its_fingerprint(tmp_path, tokenizer):
+    teacher, _ = seq_cls_pair()
+    data = ragged_dataset(n=10)
+    data = data.add_column("text", [f"row {i}" for i in range(10)])  # not an input: must not reach the collator
+    cache = build_teacher_cache(teacher, data, DataCollatorWithPadding(tokenizer), tmp_path / "cache", batch_size=4,
+                                fingerprint_extra={"max_length": 12})
+    assert cache.column_names == data.column_names + [TEACHER_LOGITS]
+    assert cache["input_ids"] == data["input_ids"]
+    teacher.eval()
+    with torch.no_grad():
+        for row in range(len(data)):
+            expected = teacher(input_ids=torch.tensor([data[row]["input_ids"]])).logits[0]
+            torch.testing.assert_close(torch.tensor(cache[row][TEACHER_LOGITS]), expected, atol=1e-5, rtol=0)
+    stored = json.loads((tmp_path / "cache" / FINGERPRINT_NAME).read_text())
+    assert stored == teacher_cache_fingerprint(teacher, data, extra={"max_length": 12})
+    assert {"teacher_sha256", "dataset_fingerprint", "top_k", "hfkd_version", "max_length"} <= set(stored)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+def test_collator_pads_cached_positions_on_the_tokenizer_side(tokenizer):
+    left = copy.deepcopy(tokenizer)
+    left.padding_side = "left"
+    collate = TeacherCacheCollator(DataCollatorForTokenClassification(left))
+    rows = [{"input_ids": [2, 7, 3], "labels": [-100, 1, -100], TEACHER_LOGITS: [[1.0, 2.0]] * 3},
+            {"input_ids": [2, 3], "labels": [-100, -100], TEACHER_LOGITS: [[5.0, 6.0]] * 2}]
+    batch = collate(rows)
+    assert batch["input_ids"].tolist() == [[2, 7, 3], [0, 2, 3]]
+    assert batch[TEACHER_LOGITS].tolist() == [[[1.0, 2.0]] * 3, [[0.0, 0.0], [5.0, 6.0], [5.0, 6.0]]]
+    assert rows[0][TEACHER_LOGITS] == [[1.0, 2.0]] * 3  # features are not modified
+
+
+def test_stale_or_missing_cache_is_refused(tmp_path, tokenizer):
+    teacher, _ = seq_cls_pair()
+    data = ragged_dataset()
+    build_teacher_cache(teacher, data, DataCollatorWithPadding(tokenizer), tmp_path / "cache")
+    assert len(load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data))) == len(data)
+
+    retrained, _ = seq_cls_pair()
+    with torch.no_grad():
+        retrained.classifier.bias += 0.1
+    with pytest.raises(ValueError, match=r"stale teacher cache .*teacher_sha256 differs.*hfkd cache-teacher") as error:
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(retrained, data))
+    assert "\n" not in str(error.value)
+    other_data = ragged_dataset(seed=1)
+    with pytest.raises(ValueError, match="dataset_fingerprint differs"):
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, other_data))
+    with pytest.raises(ValueError, match="max_length differs"):
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data, extra={"max_length": 64}))
+    with pytest.raises(FileNotFoundError, match="no teacher cache .*hfkd cache-teacher"):
+        load_teacher_cache(tmp_path / "nowhere", teacher_cache_fingerprint(teacher, data))
+
+
+def test_interrupted_build_leaves_the_previous_cache(tmp_path, tokenizer, monkeypatch):
+    teacher, _ = seq_cls_pair()
+    collator = DataCollatorWithPadding(tokenizer)
+    build_teacher_cache(teacher, ragged_dataset(), collator, tmp_path / "cache")
+
+    def killed(self, path, **_):
+        os.makedirs(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Dataset, "save_to_disk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher_cache(teacher, ragged_dataset(seed=1), collator, tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf_cache") == ["cache"]
+    load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, ragged_dataset()))
+
+
+def test_inputs_that_change_every_epoch_are_refused(tmp_path, tokenizer):
+    teacher, _ = seq_cls_pair()
+    data = ragged_dataset()
+    with pytest.raises(ValueError, match="random MLM masking"):
+        build_teacher_cache(teacher, data, DataCollatorForLanguageModeling(tokenizer), tmp_path / "c")
+    padding = DataCollatorWithPadding(tokenizer)
+
+    def augmenting(features):
+        batch = padding(features)
+        batch["input_ids"] = torch.where(torch.rand(batch["input_ids"].shape) < 0.5, 1, batch["input_ids"])
+        return batch
+
+    with pytest.raises(ValueError, match="different batches for the same rows"):
+        build_teacher_cache(teacher, data, augmenting, tmp_path / "c")
+    with pytest.raises(ValueError, match="on-the-fly transform"):
+        build_teacher_cache(teacher, data.with_transform(lambda rows: rows), padding, tmp_path / "c")
+    with pytest.raises(NotImplementedError, match="top-k"):
+        build_teacher_cache(teacher, data, padding, tmp_path / "c", top_k=5)
+    assert not (tmp_path / "c").exists()
+
+
+def test_teacher_is_still_required_without_a_cache_or_for_hidden_terms(tmp_path, tokenizer):
+    teacher, student = seq_cls_pair()
+    data = ragged_dataset()
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillationTrainer(model=student, args=config(tmp_path, "a"), train_dataset=data)
+    cache = build_teacher_cache(teacher, data, DataCollatorWithPadding(tokenizer), tmp_path / "cache")
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillationTrainer(model=student, args=config(tmp_path, "b", alpha_hidden=1.0), train_dataset=cache)
+
+
+def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, capsys):
+    from hfkd.cli import main as cli
+    from hfkd.recipes import main as recipe
+    from hfkd.recipes import run_distillation
+
+    teacher, _ = seq_cls_pair()
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    rows = ["text,label"] + [f"w{5 + i % 90} w{7 + i % 50} w{9 + i % 30},{i % 3}" for i in range(40)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "c.yaml").write_text(
+        f"teacher_model_name_or_path: {tmp_path / 'teacher'}\nstudent_num_layers: 1\n"
+        f"train_file: {tmp_path / 'train.csv'}\nvalidation_file: {tmp_path / 'train.csv'}\nmax_seq_length: 16\n"
+        f"teacher_cache_dir: {tmp_path / 'cache'}\nmax_steps: 3\nper_device_train_batch_size: 8\nuse_cpu: true\n"
+        "report_to: none\nsave_strategy: 'no'\ndisable_tqdm: true\nalpha_kd: 0.8\nalpha_ce: 0.2\n")
+    config = ["--config", str(tmp_path / "c.yaml")]
+
+    cli(["cache-teacher", *config])
+    assert len(datasets.load_from_disk(str(tmp_path / "cache"))) == 40
+    cached = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "cached")])
+    online = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "online"), "--teacher_cache_dir", ""])
+    assert cached["eval_loss"] == pytest.approx(online["eval_loss"], abs=1e-5)
+
+    with torch.no_grad():
+        teacher.classifier.bias += 0.1
+    teacher.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(SystemExit) as refused:
+        recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "stale")])
+    assert refused.value.code == 2
+    assert "stale teacher cache" in capsys.readouterr().err
