@@ -15,6 +15,8 @@ _EXPORTS = {
     "create_student": "hfkd.student",
     "resolve_layer_mapping": "hfkd.layer_mapping",
     "distillation_metric": "hfkd.report",
+    "build_teacher_cache": "hfkd.teacher_cache",
+    "load_teacher_cache": "hfkd.teacher_cache",
 }
 
 __all__ = sorted(_EXPORTS)

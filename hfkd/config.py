@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
@@ -116,14 +118,6 @@ class DistillationConfig(TrainingArguments):
             "terms). Not for inputs that change every epoch, such as random MLM masking."
         },
     )
-    nonfinite_loss: str = field(
-        default="raise",
-        metadata={
-            "help": "What to do when a loss term is NaN/inf: 'raise' stops training naming the step "
-            "and the term; 'skip' drops that step's update."
-        },
-    )
-
     report_at_end: bool = field(
         default=False,
         metadata={
@@ -136,6 +130,8 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if cpu_only_multiprocess():
+            self.use_cpu = True  # `accelerate launch --multi_gpu` without GPUs: DDP over gloo on the CPU
         super().__post_init__()
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number, got {self.temperature!r}.")
@@ -161,7 +157,6 @@ class DistillationConfig(TrainingArguments):
         _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         _check_choice("attention_loss", self.attention_loss, ATTENTION_LOSSES)
         _check_choice("projection_init", self.projection_init, PROJECTION_INITS)
-        _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
         if not 0.0 <= self.report_alpha <= 1.0:
             raise ValueError(f"report_alpha must be in [0, 1], got {self.report_alpha}.")
         if not 0.0 <= self.jsd_beta <= 1.0:
@@ -178,6 +173,16 @@ class DistillationConfig(TrainingArguments):
     def needs_teacher(self) -> bool:
         """Whether any active term compares against the teacher (CE alone needs none)."""
         return self.alpha_kd > 0 or self.alpha_hidden > 0 or self.alpha_attention > 0
+
+
+def cpu_only_multiprocess() -> bool:
+    """Several processes launched on a machine with no accelerator.
+
+    Accelerate then sees no GPU and gives every process a single-process state, so each one
+    would train on the whole dataset alone; running them as CPU processes makes it real DDP.
+    """
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not accelerated
 
 
 def _check_choice(name: str, value: str, choices: Any) -> None:

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from hfkd.arguments import ModelArguments, parse_args, resolve_model_path
-from hfkd.config import DistillationConfig
+from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.data import (
     DataArguments,
     build_data_collator,
@@ -248,7 +248,8 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("hfkd").setLevel(logging.INFO)
     atexit.register(_destroy_process_group)  # at exit, so chained recipes share one process group
-    _cpu_only_multiprocess()
+    if cpu_only_multiprocess():  # also for the finetune recipe's plain TrainingArguments
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     try:
         model_args, data_args, train_args = parse_args([ModelArguments, DataArguments, config_class], argv)
         return run(model_args, data_args, train_args)
@@ -258,17 +259,6 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
         print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)",
               file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _cpu_only_multiprocess() -> None:
-    """`accelerate launch --multi_gpu` on a machine with no accelerator: DDP over gloo on the CPU.
-
-    Without this, Accelerate sees no GPU, falls back to one process's worth of state and every
-    process trains the whole dataset alone.
-    """
-    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not accelerated:
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 def _destroy_process_group() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfkd.config import DistillationConfig
@@ -436,6 +438,23 @@ class DistillationTrainer(Trainer):
             os.replace(tmp, os.path.join(folder, PROJECTIONS_NAME))
         super()._save_checkpoint(model, trial)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Stock `train()`; a checkpoint a kill left half-written is never resumed from.
+
+        `resume_from_checkpoint=True` takes the newest *complete* checkpoint in output_dir; an
+        explicit path must be complete, else a one-line error names the last complete one.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str):
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem:
+                parent = os.path.dirname(os.path.normpath(resume_from_checkpoint))
+                fallback = last_complete_checkpoint(parent, required=False)
+                hint = f"resume from {fallback}" if fallback else "start a new run"
+                raise ValueError(f"checkpoint {resume_from_checkpoint} {problem}; {hint}.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.projections is None:
@@ -447,6 +466,32 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer with the same width projections; resume from a matching checkpoint."
             )
         self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why a checkpoint folder cannot be trusted, or None. Trainer writes trainer_state.json last."""
+    if not os.path.isdir(path):
+        return "does not exist"
+    names = set(os.listdir(path))
+    if TRAINER_STATE_NAME not in names:
+        return f"is incomplete (no {TRAINER_STATE_NAME}: the run was probably killed while saving it)"
+    if not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
+        return "holds no model weights"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str, required: bool = True) -> str | None:
+    """Newest `checkpoint-N` in output_dir that is complete (see `checkpoint_problem`)."""
+    folders = []
+    if os.path.isdir(output_dir):
+        folders = [n for n in os.listdir(output_dir) if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", n)]
+    for name in sorted(folders, key=lambda n: int(n.rsplit("-", 1)[1]), reverse=True):
+        path = os.path.join(output_dir, name)
+        if checkpoint_problem(path) is None:
+            return path
+    if required:
+        raise ValueError(f"no complete checkpoint in {output_dir}; start without resume_from_checkpoint.")
+    return None
 
 
 def _forward_arg_names(model: nn.Module) -> frozenset[str]:

@@ -70,7 +70,7 @@ def main() -> None:
         report_main(["--teacher", teacher_dir, "--student", student_dir,
                      "--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"),
                      "--validation_file", os.path.join(options.data_dir, "dev.tsv"),
-                     "--output_dir", os.path.join(options.output_root, "report")])
+                     "--repeats", "10", "--output_dir", os.path.join(options.output_root, "report")])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main(output_dir: str) -> None:
     args = DistillationConfig(
         output_dir=output_dir, report_to=[], per_device_train_batch_size=4, gradient_accumulation_steps=2,
         num_train_epochs=1, learning_rate=1e-3, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, seed=0,
-        save_strategy="no", disable_tqdm=True, logging_steps=1, dataloader_drop_last=True, use_cpu=True,
+        save_strategy="no", disable_tqdm=True, logging_steps=1, dataloader_drop_last=True,
     )
     data = seq_cls_dataset(64)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,

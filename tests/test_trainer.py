@@ -268,3 +268,40 @@ def test_nan_loss_stops_with_step_and_term(tmp_path, tiny_pair, tiny_dataset):
                                   args=config(tmp_path, alpha_kd=1.0, alpha_ce=1.0))
     with pytest.raises(FloatingPointError, match="non-finite kd_loss at step 1"):
         trainer.train()
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, tiny_dataset):
+    teacher, student = seq_cls_pair(student_hidden=16)
+    args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, save_strategy="steps", save_steps=2)
+    DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset).train()
+    (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").unlink()  # killed while saving step 4
+
+    _, fresh = seq_cls_pair(student_hidden=16, seed=1)
+    longer = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, save_strategy="steps", save_steps=2, max_steps=6)
+    trainer = DistillationTrainer(model=fresh, teacher_model=teacher, args=longer, train_dataset=tiny_dataset)
+    with pytest.raises(ValueError, match=r"checkpoint-4 is incomplete .*resume from .*checkpoint-2"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    trainer.train(resume_from_checkpoint=True)  # picks checkpoint-2, the newest complete one
+    assert trainer.state.global_step == 6
+
+
+def test_nan_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset):
+    from transformers import TrainerCallback
+
+    teacher, student = seq_cls_pair()
+
+    class PoisonTeacher(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    teacher.classifier.bias.fill_(float("inf"))
+
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, save_strategy="steps", save_steps=2, max_steps=6)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset,
+                                  callbacks=[PoisonTeacher()])
+    with pytest.raises(FloatingPointError, match="non-finite kd_loss at step 3"):
+        trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-2"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
