@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from hfkd.report_cli import main as report_main
 
         report_main(rest)
+        return
+    from hfkd.recipes import finish_process
+
+    finish_process()
 
 
 if __name__ == "__main__":

@@ -261,6 +261,21 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
         raise SystemExit(2) from None
 
 
+def finish_process() -> None:
+    """End a recipe process: shut the process group down, and under several processes exit now.
+
+    Tearing gloo down at interpreter exit hangs now and then (seen with torch 2.13 on CPU), which
+    would keep `accelerate launch` waiting forever after the work is done and saved.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    _destroy_process_group()
+    if distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
+
+
 def _destroy_process_group() -> None:
     # Without this, processes started by `accelerate launch` abort at exit (SIGABRT).
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -174,17 +174,28 @@ class DistillationTrainer(Trainer):
         return projections
 
     def _share_projections(self) -> None:
-        """Same initial projections on every process, gradients averaged over processes."""
-        world_size = self.args.world_size
-
-        def average(grad: torch.Tensor) -> torch.Tensor:
-            grad = grad.clone()
-            torch.distributed.all_reduce(grad)
-            return grad / world_size
-
+        """Same initial projections on every process (their gradients: see `training_step`)."""
         for parameter in self.projections.parameters():
             torch.distributed.broadcast(parameter.data, src=0)
-            parameter.register_hook(average)
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """Stock step; then average the projections' gradients over processes (DDP skips them).
+
+        Done after backward, not in gradient hooks: collectives issued from hooks could interleave
+        with DDP's own bucket all-reduces in a different order on each process and deadlock.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.projections is not None and self.args.world_size > 1:
+            grads = [p.grad for p in self.projections.parameters() if p.grad is not None]
+            if grads:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                torch.distributed.all_reduce(flat)
+                flat /= self.args.world_size
+                offset = 0
+                for grad in grads:
+                    grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                    offset += grad.numel()
+        return loss
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         teacher.requires_grad_(False)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from transformers import TrainingArguments
 
 from hfkd.recipes import main as run_recipe
-from hfkd.recipes import run_distillation, run_finetune
+from hfkd.recipes import finish_process, run_distillation, run_finetune
 from hfkd.report_cli import main as report_main
 from hfkd.report_cli import summarize
 
@@ -74,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    finish_process()

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import seq_cls_dataset, seq_cls_pair  # noqa: E402
 
 from hfkd import DistillationConfig, DistillationTrainer  # noqa: E402
+from hfkd.recipes import finish_process  # noqa: E402
 
 
 class RecordingCollator:
@@ -51,7 +52,7 @@ def main(output_dir: str) -> None:
     }
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)
-    torch.distributed.destroy_process_group()
+    finish_process()  # destroys the process group; exits at once (gloo teardown can hang)
 
 
 if __name__ == "__main__":
