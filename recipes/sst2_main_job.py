@@ -1,7 +1,7 @@
 """The README's main job: fine-tune a MiniLM-L6 teacher on SST-2, distill a 3-layer student,
 evaluate both on the full SST-2 dev set and print a teacher-vs-student table.
 
-    python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 training sentences
+    python recipes/sst2_main_job.py            # ~7 min on 2 CPU cores: 8,000 training sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences
 
 Each step is the plain recipe with its YAML config (recipes/configs/sst2_teacher.yaml,
