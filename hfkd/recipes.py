@@ -29,7 +29,7 @@ from hfkd.data import (
 from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_loss, preprocess_logits_for_metrics
 from hfkd.student import create_student
 from hfkd.trainer import DistillationTrainer
-from hfkd.validation import TASK_AUTO_CLASSES
+from hfkd.validation import TASK_AUTO_CLASSES, is_default_labels
 
 logger = logging.getLogger(__name__)
 TASKS = tuple(TASK_AUTO_CLASSES)
@@ -41,21 +41,17 @@ def _auto_class(task: str):
     return TASK_AUTO_CLASSES[task][1]
 
 
-def _is_default_labels(id2label: dict) -> bool:
-    return all(str(label) == f"LABEL_{i}" for i, label in id2label.items())
-
-
 def prepare_task_data(
     task: str, raw: Any, tokenizer: Any, data_args: DataArguments, model_config: Any = None
 ) -> tuple[Any, list[str] | None]:
     """Tokenized splits for `task`, and the label names by id (classification tasks)."""
     if task == "sequence_classification":
         label2id = None
-        if model_config is not None and not _is_default_labels(model_config.id2label):
+        if model_config is not None and not is_default_labels(model_config.id2label):
             label2id = dict(model_config.label2id)
         return prepare_classification_datasets(raw, tokenizer, data_args, label2id=label2id)
     if task == "token_classification":
-        if model_config is None or _is_default_labels(model_config.id2label):
+        if model_config is None or is_default_labels(model_config.id2label):
             raise ValueError(
                 "token classification needs the tag names: fine-tune the teacher with hfkd finetune "
                 "(it stores id2label) or set the teacher config's id2label."
@@ -223,7 +219,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
             f"the data has {len(labels)} labels {labels} but the teacher has num_labels="
             f"{teacher.config.num_labels} ({teacher.config.id2label}); fine-tune the teacher on this label set."
         )
-    if labels and _is_default_labels(teacher.config.id2label):
+    if labels and is_default_labels(teacher.config.id2label):
         # Name the teacher's classes after the data so the saved student carries real labels.
         teacher.config.id2label = dict(enumerate(labels))
         teacher.config.label2id = {label: i for i, label in enumerate(labels)}

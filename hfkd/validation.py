@@ -69,7 +69,8 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
         ) from error
 
 
-def _is_default_labels(id2label: dict[int, str]) -> bool:
+def is_default_labels(id2label: dict[int, str]) -> bool:
+    """transformers' placeholder names (LABEL_0, ...): the model never saw real label names."""
     return all(str(label) == f"LABEL_{i}" for i, label in id2label.items())
 
 
@@ -109,7 +110,7 @@ def check_teacher_student_compatibility(
                 "build the student with the teacher's id2label/label2id."
             )
         t_map, s_map = dict(teacher.config.id2label), dict(student.config.id2label)
-        if not (_is_default_labels(t_map) or _is_default_labels(s_map)) and t_map != s_map:
+        if not (is_default_labels(t_map) or is_default_labels(s_map)) and t_map != s_map:
             raise DistillationSetupError(
                 f"label orders differ: teacher id2label={t_map}, student id2label={s_map}; the KD "
                 "term compares logits position by position, so give the student the teacher's id2label."
