@@ -248,7 +248,8 @@ class DistillationTrainer(Trainer):
                 self._checked_outputs = True
 
         logits, labels_t, mask = self._aligned(outputs.logits, labels, inputs.get("attention_mask"))
-        local_items = mask.sum() if mask is not None else logits.shape[0]
+        # One host sync per step for the local item count (used for normalising and logging).
+        local_items = max(int(mask.sum()) if mask is not None else logits.shape[0], 1)
         per_item, per_step = self._normalisers(local_items, num_items_in_batch)
         position_mask = inputs.get("attention_mask")
 
@@ -280,7 +281,7 @@ class DistillationTrainer(Trainer):
             normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
             loss = loss + weight * normalised
             # Log the per-item mean, whatever the accumulation window.
-            shown = value / max(int(local_items), 1) if name in ("ce_loss", "kd_loss") else value
+            shown = value / local_items if name in ("ce_loss", "kd_loss") else value
             self._term_sums[name] += shown.detach()
         self._term_steps += 1
         self._check_finite(loss, terms)
@@ -302,7 +303,7 @@ class DistillationTrainer(Trainer):
             return logits, None, attention_mask.bool()
         return logits, None, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
 
-    def _normalisers(self, local_items: Any, num_items_in_batch: Any):
+    def _normalisers(self, local_items: int, num_items_in_batch: Any):
         """Scalers that make gradient accumulation (and DDP averaging) exact.
 
         Label-level terms (CE, KD) are sums divided by the label count of the whole accumulated
@@ -311,7 +312,7 @@ class DistillationTrainer(Trainer):
         """
         steps = getattr(self, "current_gradient_accumulation_steps", 1) or 1
         if num_items_in_batch is None:
-            denominator = max(int(local_items), 1) * steps
+            denominator = local_items * steps
             return (lambda v: v / denominator), (lambda v: v / steps)
         processes = self.accelerator.num_processes
         scale = processes if self.args.average_tokens_across_devices and processes > 1 else 1
