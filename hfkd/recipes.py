@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from hfkd.arguments import ModelArguments, parse_args, resolve_model_path
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
@@ -179,7 +179,10 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
     if model_args.student_model_name_or_path:
         path = resolve_model_path(model_args.student_model_name_or_path)
         kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
-        if task in ("sequence_classification", "token_classification"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+        # A head trained on named labels keeps them (the trainer then refuses a different order);
+        # an untrained head (LABEL_0, ...) takes the teacher's label set.
+        if task in ("sequence_classification", "token_classification") and is_default_labels(config.id2label):
             kwargs.update(num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
                           label2id=teacher.config.label2id)
         return _auto_class(task).from_pretrained(path, **kwargs)

@@ -109,6 +109,30 @@ def run_recipe(*args):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.fixture(scope="module")
+def bad_inputs(workspace):
+    """Artifacts that are each wrong in one way, built once for the bad-input cases below."""
+    root = workspace / "bad_inputs"
+    root.mkdir(exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "teacher6")
+    config = BertForSequenceClassification.from_pretrained(workspace / "teacher6").config.to_dict()
+    variants = {
+        "student_vocab": BertForSequenceClassification(BertConfig(**{**config, "vocab_size": tokenizer.vocab_size + 8})),
+        "student_permuted": BertForSequenceClassification(BertConfig(**{
+            **config, "id2label": dict(enumerate(reversed(LABELS))),
+            "label2id": {label: i for i, label in enumerate(reversed(LABELS))}})),
+    }
+    for name, model in variants.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    (root / "empty.csv").write_text("text,label\n")
+    (root / "outside.csv").write_text("text,label\nwhat is it,abbr\nwhere is it,planet\n")
+    (root / "previous" / "checkpoint-3").mkdir(parents=True, exist_ok=True)
+    cli_main(["cache-teacher", "--teacher_model_name_or_path", str(workspace / "teacher6"),
+              "--teacher_cache_dir", str(root / "cache"), *common(workspace, "cache_run")])
+    return root
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -119,18 +143,26 @@ def run_recipe(*args):
         (["--unknown_flag", "1"], "unrecognised arguments"),
         (["--teacher_model_name_or_path", "BASE"], "the data has 6 labels"),
         (["--max_seq_length", "512"], "exceeds BertForSequenceClassification's max_position_embeddings=128"),
-        (["--output_dir", "RUN"], "already holds a run"),
+        (["--output_dir", "BAD/previous"], "already holds a run"),
+        (["--student_model_name_or_path", "BAD/student_vocab"], "vocabularies differ"),
+        (["--student_model_name_or_path", "BAD/student_permuted"], "label orders differ"),
+        (["--alpha_hidden", "1", "--layer_mapping", "[[0, 9]]"], "9"),
+        (["--alpha_hidden", "1", "--layer_mapping", "[[0, 1, 2]]"], "pair"),
+        (["--alpha_kd", "0", "--alpha_ce", "0"], "loss weight"),
+        (["--alpha_kd", "-1"], "alpha_kd"),
+        (["--validation_file", "BAD/empty.csv"], "has no rows"),
+        (["--validation_file", "BAD/outside.csv"], "planet"),
+        (["--teacher_cache_dir", "BAD/cache", "--max_seq_length", "24"], "teacher cache"),
     ],
 )
-def test_recipe_bad_input_is_one_line_exit_2(workspace, extra, message):
+def test_recipe_bad_input_is_one_line_exit_2(workspace, bad_inputs, tmp_path, extra, message):
     base = ["--teacher_model_name_or_path", str(workspace / "teacher6"), "--student_num_layers", "1",
-            *common(workspace, "bad")]
-    (workspace / "previous" / "checkpoint-3").mkdir(parents=True, exist_ok=True)
-    names = {"BASE": str(workspace / "base"), "RUN": str(workspace / "previous")}
-    result = run_recipe(*base, *[names.get(a, a) for a in extra])
+            *common(workspace, "bad"), "--output_dir", str(tmp_path / "out")]
+    names = {"BASE": str(workspace / "base")}
+    result = run_recipe(*base, *[names.get(a, a.replace("BAD", str(bad_inputs))) for a in extra])
     assert result.returncode == 2, result.stderr[-1500:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr
+    assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr, last
 
 
 WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext2" / "valid.txt"
