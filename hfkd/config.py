@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "last", "skip")
@@ -110,6 +111,23 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded."},
     )
+    teacher_quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "'int8_dynamic': quantize the teacher's linear layers to int8 on the fly (CPU only), a "
+            "cheaper forward pass; its fidelity is measured before training (see teacher_min_agreement)."
+        },
+    )
+    teacher_compile: bool = field(
+        default=False, metadata={"help": "Run the teacher through torch.compile (fidelity measured as for teacher_quantization)."}
+    )
+    teacher_min_agreement: float = field(
+        default=0.99,
+        metadata={
+            "help": "With teacher_dtype, teacher_quantization or teacher_compile set: the fraction of evaluation "
+            "items on which the cheaper teacher's top class must equal the full teacher's, or training is refused."
+        },
+    )
     teacher_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -117,6 +135,18 @@ class DistillationConfig(TrainingArguments):
             "`hfkd distill` trains from it when it exists (the teacher then runs only for hidden/attention "
             "terms). Not for inputs that change every epoch, such as random MLM masking."
         },
+    )
+    nonfinite_loss: str = field(
+        default="raise",
+        metadata={
+            "help": "What a NaN/inf loss does: 'raise' stops training naming the step and term (the last "
+            "saved checkpoint is intact); 'skip' drops that optimizer update (gradients zeroed, weights and "
+            "optimizer state untouched, as AMP's GradScaler does) and logs it, up to `max_skipped_updates`."
+        },
+    )
+    max_skipped_updates: int = field(
+        default=10,
+        metadata={"help": "With nonfinite_loss='skip': stop (as 'raise' does) once more updates than this are skipped."},
     )
     report_at_end: bool = field(
         default=False,
@@ -164,6 +194,18 @@ class DistillationConfig(TrainingArguments):
         if self.projection_learning_rate is not None and self.projection_learning_rate <= 0:
             raise ValueError(
                 f"projection_learning_rate must be > 0, got {self.projection_learning_rate}."
+            )
+        if self.teacher_quantization is not None:
+            _check_choice("teacher_quantization", self.teacher_quantization, TEACHER_QUANTIZATIONS)
+        if not 0.0 <= self.teacher_min_agreement <= 1.0:
+            raise ValueError(f"teacher_min_agreement must be in [0, 1], got {self.teacher_min_agreement}.")
+        _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
+        if self.max_skipped_updates < 0:
+            raise ValueError(f"max_skipped_updates must be >= 0, got {self.max_skipped_updates}.")
+        if self.nonfinite_loss == "skip" and self.deepspeed:
+            raise ValueError(
+                "nonfinite_loss='skip' is not supported under DeepSpeed, whose optimizer hfkd does not "
+                "step: use nonfinite_loss='raise' (DeepSpeed's fp16 loss scaler skips overflowing steps itself)."
             )
         self.layer_mapping = _parse_layer_mapping(self.layer_mapping)
         if isinstance(self.teacher_model_init_kwargs, str):

@@ -80,7 +80,10 @@ def _finish(trainer: Trainer, task: str) -> dict[str, float]:
     args = trainer.args
     if trainer.train_dataset is None:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("latest", "true"):
+        resume = True  # the newest complete checkpoint in output_dir
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, float] = {}
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()

@@ -6,8 +6,10 @@ checkpointing, evaluation, Hub push) is the stock Trainer, reached through its h
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
+import logging
 import os
 import re
 from collections import defaultdict
@@ -22,16 +24,20 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfkd.config import DistillationConfig
+from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
 from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
+    DistillationSetupError,
     check_teacher_student_compatibility,
     is_causal_lm,
     load_teacher,
     require_attentions,
     task_of,
 )
+
+logger = logging.getLogger(__name__)
 
 PROJECTIONS_NAME = "hfkd_projections.safetensors"
 PROJECTIONS_ATTR = "hfkd_projections"
@@ -114,6 +120,7 @@ class DistillationTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         if cached:
             self.data_collator = TeacherCacheCollator(self.data_collator)
+        self.teacher_fidelity: dict[str, float] | None = None  # set when a cheaper teacher is measured
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
         if self.projections is not None and self.args.world_size > 1:
             self._share_projections()
@@ -123,6 +130,8 @@ class DistillationTrainer(Trainer):
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_steps = 0
         self._checked_outputs = False
+        self.skipped_updates = 0
+        self._guarded_optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -198,10 +207,39 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """Frozen, in eval mode, on the student's device; made cheaper only with its fidelity measured."""
         teacher.requires_grad_(False)
         teacher.eval()
-        dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
-        return teacher.to(device=self.args.device, dtype=dtype)
+        args = self.args
+        dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
+        if dtype is None and not (args.teacher_quantization or args.teacher_compile):
+            return teacher.to(args.device)
+        reference = copy.deepcopy(teacher).to(args.device)
+        fast = speed_up_teacher(teacher, device=args.device, dtype=dtype, quantization=args.teacher_quantization,
+                                compile=args.teacher_compile)
+        self._measure_teacher_fidelity(reference, fast)
+        return fast
+
+    def _measure_teacher_fidelity(self, reference: nn.Module, fast: nn.Module) -> None:
+        """Compare the cheaper teacher with the full one on evaluation batches; refuse a poor copy."""
+        eval_dataset = self.eval_dataset
+        if isinstance(eval_dataset, dict):
+            eval_dataset = next(iter(eval_dataset.values()), None)
+        if eval_dataset is None:
+            logger.warning("cheaper teacher in use but its fidelity is unmeasured: no eval_dataset was given")
+            return
+        batches = ({k: v.to(self.args.device) for k, v in batch.items() if torch.is_tensor(v)}
+                   for batch in self.get_eval_dataloader(eval_dataset))
+        self.teacher_fidelity = teacher_fidelity(reference, fast, batches, accepted_inputs=_forward_arg_names(reference))
+        logger.info("cheaper teacher vs full teacher: %s", self.teacher_fidelity)
+        agreement = self.teacher_fidelity["argmax_agreement"]
+        if agreement < self.args.teacher_min_agreement:
+            raise DistillationSetupError(
+                f"the cheaper teacher (teacher_dtype={self.args.teacher_dtype}, teacher_quantization="
+                f"{self.args.teacher_quantization}, teacher_compile={self.args.teacher_compile}) agrees with the "
+                f"full teacher on {agreement:.1%} of evaluation items, below teacher_min_agreement="
+                f"{self.args.teacher_min_agreement}: drop that option or lower the bound knowingly."
+            )
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep the cached teacher columns, which remove_unused_columns would drop: no forward takes them.
@@ -280,11 +318,11 @@ class DistillationTrainer(Trainer):
             weight = getattr(args, "alpha_" + name.removesuffix("_loss"))
             normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
             loss = loss + weight * normalised
-            # Log the per-item mean, whatever the accumulation window.
-            shown = value / local_items if name in ("ce_loss", "kd_loss") else value
-            self._term_sums[name] += shown.detach()
-        self._term_steps += 1
-        self._check_finite(loss, terms)
+        if self._is_finite(loss, terms):
+            for name, value in terms.items():  # log the per-item mean, whatever the accumulation window
+                shown = value / local_items if name in ("ce_loss", "kd_loss") else value
+                self._term_sums[name] += shown.detach()
+            self._term_steps += 1
         return (loss, outputs) if return_outputs else loss
 
     def _aligned(
@@ -337,15 +375,50 @@ class DistillationTrainer(Trainer):
         ]
         return torch.stack(values).mean()
 
-    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    def _is_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> bool:
+        """Raise on a NaN/inf loss, or (nonfinite_loss='skip') warn and let `_guard_optimizer_step` drop the update."""
         if bool(torch.isfinite(loss)):
-            return
-        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value))]
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad) or 'loss'} at step {self.state.global_step + 1}: training "
-            "stopped, the last saved checkpoint is intact. Lower the learning rate or temperature, "
-            "use fp32/bf16 instead of fp16, or check the inputs."
-        )
+            return True
+        bad = ", ".join(name for name, value in terms.items() if not bool(torch.isfinite(value))) or "loss"
+        step = self.state.global_step + 1
+        if self.args.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"non-finite {bad} at step {step}: training stopped, the last saved checkpoint is intact. "
+                "Lower the learning rate or temperature, use fp32/bf16 instead of fp16, check the inputs, "
+                "or set nonfinite_loss='skip'."
+            )
+        logger.warning("non-finite %s at step %d: this optimizer update will be skipped", bad, step)
+        return False
+
+    def _guard_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """nonfinite_loss='skip': an update whose gradients hold NaN/inf is dropped, on every process.
+
+        Checked on the gradients at step time (as AMP's GradScaler does), not on the loss: after DDP's
+        all-reduce every process sees the same NaN, and under FSDP one flag is reduced across shards.
+        """
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            bad = torch.zeros((), device=grads[0].device if grads else self.args.device)
+            for grad in grads:
+                bad = torch.maximum(bad, (~torch.isfinite(grad)).any().to(bad.dtype))
+            if self.args.world_size > 1:
+                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            if not bool(bad):
+                return step(*args, **kwargs)
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            if self.skipped_updates > self.args.max_skipped_updates:
+                raise FloatingPointError(
+                    f"{self.skipped_updates} optimizer updates skipped for non-finite gradients (last at step "
+                    f"{self.state.global_step + 1}), more than max_skipped_updates={self.args.max_skipped_updates}: "
+                    "training stopped; lower the learning rate or temperature, or check the inputs."
+                )
+            return None
+
+        optimizer.step = guarded_step
+        self._guarded_optimizer = optimizer
 
     # ------------------------------------------------------------------ logging
 
@@ -355,6 +428,8 @@ class DistillationTrainer(Trainer):
                 logs[name] = round(float(total) / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
+        if "loss" in logs and self.args.nonfinite_loss == "skip":
+            logs["skipped_updates"] = self.skipped_updates
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ optimizer and saving
@@ -362,6 +437,8 @@ class DistillationTrainer(Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Stock optimizer, with the projections moved to groups at `projection_learning_rate`."""
         optimizer = super().create_optimizer(model)
+        if self.args.nonfinite_loss == "skip" and optimizer is not self._guarded_optimizer:
+            self._guard_optimizer_step(optimizer)
         if self.projections is None or self.args.projection_learning_rate is None:
             return optimizer
         projection_ids = {id(p) for p in self.projections.parameters()}
@@ -431,6 +508,13 @@ class DistillationTrainer(Trainer):
         if self.projections is not None:
             settings["projections"] = "linear, student width → teacher width, not part of the saved student"
         settings["teacher"] = self.teacher_name
+        cheaper = [f"{name}={getattr(args, name)}" for name in ("teacher_dtype", "teacher_quantization", "teacher_compile")
+                   if getattr(args, name)]
+        if cheaper:
+            fidelity = self.teacher_fidelity
+            settings["teacher_forward"] = ", ".join(cheaper) + (
+                f" (argmax agreement with the full teacher {fidelity['argmax_agreement']:.2%}, mean KL "
+                f"{fidelity['mean_kl']:.2e}, on {fidelity['items']} evaluation items)" if fidelity else " (unmeasured)")
         return settings
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -487,6 +571,11 @@ def checkpoint_problem(path: str) -> str | None:
     names = set(os.listdir(path))
     if TRAINER_STATE_NAME not in names:
         return f"is incomplete (no {TRAINER_STATE_NAME}: the run was probably killed while saving it)"
+    try:  # written last, and not atomically: a kill mid-write leaves it truncated
+        with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            int(json.load(handle)["global_step"])
+    except (ValueError, KeyError, TypeError):
+        return f"is incomplete ({TRAINER_STATE_NAME} is truncated or invalid: the run was killed while saving it)"
     if not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
         return "holds no model weights"
     return None

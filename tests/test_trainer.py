@@ -270,11 +270,16 @@ def test_nan_loss_stops_with_step_and_term(tmp_path, tiny_pair, tiny_dataset):
         trainer.train()
 
 
-def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path, tiny_dataset, damage):
     teacher, student = seq_cls_pair(student_hidden=16)
     args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, save_strategy="steps", save_steps=2)
     DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset).train()
-    (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").unlink()  # killed while saving step 4
+    state = tmp_path / "run" / "checkpoint-4" / "trainer_state.json"  # killed while saving step 4:
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_text(state.read_text()[:100])
 
     _, fresh = seq_cls_pair(student_hidden=16, seed=1)
     longer = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, save_strategy="steps", save_steps=2, max_steps=6)
@@ -305,3 +310,55 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-2"]
     reloaded = AutoModelForSequenceClassification.from_pretrained(checkpoint)
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def poison_teacher(teacher, start, stop=None):
+    """A callback making the teacher's logits infinite after step `start` until step `stop`; it also
+    keeps a snapshot of the student after every step (`.snapshots[step]`)."""
+    from transformers import TrainerCallback
+
+    saved = teacher.classifier.bias.detach().clone()
+
+    class Poison(TrainerCallback):
+        snapshots: dict = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.snapshots[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            with torch.no_grad():
+                if state.global_step == start:
+                    teacher.classifier.bias.fill_(float("inf"))
+                if state.global_step == stop:
+                    teacher.classifier.bias.copy_(saved)
+
+    return Poison()
+
+
+def test_nonfinite_skip_drops_only_the_bad_update(tmp_path, tiny_dataset):
+    teacher, student = seq_cls_pair()
+    poison = poison_teacher(teacher, start=2, stop=3)  # step 3 sees an infinite teacher
+    args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, max_steps=6, nonfinite_loss="skip", logging_steps=1)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset,
+                                  callbacks=[poison])
+    trainer.train()
+    assert trainer.state.global_step == 6 and trainer.skipped_updates == 1
+    before, after = poison.snapshots[2], poison.snapshots[3]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the skipped update changed nothing
+    assert not all(torch.equal(after[k], poison.snapshots[4][k]) for k in after)  # the next one did
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    adam_steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {5}  # optimizer state advanced on the 5 good updates only
+    assert [h["skipped_updates"] for h in trainer.state.log_history if "skipped_updates" in h][-1] == 1
+
+
+def test_nonfinite_skip_stops_after_too_many(tmp_path, tiny_dataset):
+    teacher, student = seq_cls_pair()
+    args = config(tmp_path, alpha_kd=1.0, max_steps=8, nonfinite_loss="skip", max_skipped_updates=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset,
+                                  callbacks=[poison_teacher(teacher, start=1)])
+    with pytest.raises(FloatingPointError, match="3 optimizer updates skipped .*max_skipped_updates=2"):
+        trainer.train()
+
+
+def test_nonfinite_loss_choices_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="nonfinite_loss"):
+        config(tmp_path, nonfinite_loss="ignore")
