@@ -118,22 +118,33 @@ def build_teacher_cache(
     the input order. The teacher runs in eval mode under `torch.inference_mode()` on its own device
     and dtype (cast it to `teacher_dtype` first if training uses one). The cache is written to a
     temporary folder and renamed into place, so an interrupted build leaves no cache to trust.
-    Returns the saved dataset (memory-mapped from `cache_dir`).
+    Returns the saved dataset (memory-mapped from `cache_dir`). A list of teachers (same task
+    head and classes) stores their logits side by side, in list order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}.")
-    task = task_of(teacher)
+    teachers = _as_list(teacher)
+    task = task_of(teachers[0])
+    heads = {(task_of(t), _output_classes(t, task)) for t in teachers} if task else set()
+    if len(heads) > 1:
+        raise ValueError(f"the teachers differ in task head or class count {sorted(heads, key=str)}: "
+                         "cache teachers that share the student's head and label set / vocabulary.")
     _check_cacheable(task, dataset, top_k)
-    # Only what the teacher or the collator's labels use: text columns would trip padding collators.
-    columns = [c for c in dataset.column_names if c in forward_arg_names(teacher) or c in _LABEL_COLUMNS]
+    # Only what a teacher or the collator's labels use: text columns would trip padding collators.
+    accepted = frozenset().union(*(forward_arg_names(t) for t in teachers))
+    columns = [c for c in dataset.column_names if c in accepted or c in _LABEL_COLUMNS]
     inputs = dataset.select_columns(columns)
     _check_deterministic(inputs, data_collator)
-    fingerprint = teacher_cache_fingerprint(teacher, dataset, top_k=top_k, extra=fingerprint_extra)
+    fingerprint = teacher_cache_fingerprint(teachers, dataset, top_k=top_k, extra=fingerprint_extra)
     lengths = [len(ids) for ids in inputs["input_ids"]] if "input_ids" in columns else [1] * len(inputs)
     if task in _POSITION_TASKS:
-        _check_disk_space(cache_dir, sum(lengths) * _output_classes(teacher, task) * 4)
+        _check_disk_space(cache_dir, sum(lengths) * _output_classes(teachers[0], task) * len(teachers) * 4)
     started = time.perf_counter()
-    logits = _run_teacher(teacher, inputs, data_collator, lengths, batch_size, per_position=task in _POSITION_TASKS)
+    per_teacher = [
+        _run_teacher(t, inputs, data_collator, lengths, batch_size, per_position=task in _POSITION_TASKS)
+        for t in teachers
+    ]
+    logits = [np.concatenate(rows, axis=-1) for rows in zip(*per_teacher)] if len(teachers) > 1 else per_teacher[0]
     cached = dataset.add_column(TEACHER_LOGITS, _arrow_rows(logits), feature=_logits_feature(task))
     logger.info("Teacher cache: %d rows in %.1f s", len(cached), time.perf_counter() - started)
     _save_atomically(cached, fingerprint, os.fspath(cache_dir))
