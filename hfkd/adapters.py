@@ -46,7 +46,7 @@ def wrap_student(student: nn.Module, peft_config: Any) -> nn.Module:
     try:
         from peft import PeftConfig, get_peft_model
     except ImportError:
-        raise ImportError("peft_config needs the peft package: pip install 'hfkd[peft]'.") from None
+        raise ImportError("peft_config needs the peft package: pip install peft.") from None
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(f"peft_config must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
     if is_peft_model(student):
