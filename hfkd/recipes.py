@@ -221,10 +221,15 @@ def load_teachers(model_args: ModelArguments, args: DistillationConfig, command:
     return [load_pretrained(_auto_class(model_args.task), path, **kwargs) for path in paths], tokenizer
 
 
-def build_peft_config(model_args: ModelArguments, task: str) -> Any:
+def build_peft_config(model_args: ModelArguments, args: DistillationConfig, task: str) -> Any:
     """A LoraConfig from the lora_* flags when use_peft is set (the task head then trains too), else None."""
     if not model_args.use_peft:
         return None
+    if not model_args.student_model_name_or_path and not args.merge_adapter_on_save:
+        raise ValueError(
+            "use_peft with a student built from the teacher would save an adapter whose base model exists "
+            "nowhere: set merge_adapter_on_save (a merged student), or give student_model_name_or_path."
+        )
     from peft import LoraConfig
 
     task_types = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
@@ -257,7 +262,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
         model=student,
         teacher_model=teachers,
         args=args,
-        peft_config=build_peft_config(model_args, task),
+        peft_config=build_peft_config(model_args, args, task),
         dataset_names=_dataset_names(data_args),
         **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
     )

@@ -153,6 +153,7 @@ def bad_inputs(workspace):
         (["--validation_file", "BAD/empty.csv"], "has no rows"),
         (["--validation_file", "BAD/outside.csv"], "planet"),
         (["--teacher_cache_dir", "BAD/cache", "--max_seq_length", "24"], "teacher cache"),
+        (["--use_peft"], "use_peft with a student built from the teacher"),
     ],
 )
 def test_recipe_bad_input_is_one_line_exit_2(workspace, bad_inputs, tmp_path, extra, message):
@@ -251,7 +252,8 @@ def test_recipe_lora_student_two_teachers_and_schedules(workspace, tmp_path):
     main(run_distillation, [
         "--teacher_model_name_or_path", str(workspace / "teacher6"), str(tmp_path / "teacher_adapter"),
         "--teacher_weights", "0.6", "0.4", "--teacher_combination", "logit_mean",
-        "--student_num_layers", "1", "--use_peft", "--lora_r", "4", "--lora_target_modules", "query", "value",
+        "--student_model_name_or_path", str(workspace / "teacher6"), "--use_peft", "--lora_r", "4",
+        "--lora_target_modules", "query", "value",
         "--temperature_schedule", "linear", "--temperature", "3", "--temperature_end", "1",
         "--loss_weight_schedule", "cosine", "--loss_weights_end", '{"alpha_kd": 0.1}',
         "--alpha_kd", "1", "--alpha_ce", "0.5", "--report_at_end", "--logging_steps", "1",
@@ -265,3 +267,7 @@ def test_recipe_lora_student_two_teachers_and_schedules(workspace, tmp_path):
     card = (out / "README.md").read_text()
     assert "(0.6)" in card and "logit_mean" in card and "LORA r=4" in card and "temperature linear 3→1" in card
     assert (out / "report" / "report.json").is_file()
+    from peft import AutoPeftModelForSequenceClassification
+
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(out)  # base found via adapter_config
+    assert reloaded.get_base_model().config.num_hidden_layers == 2
