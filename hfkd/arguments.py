@@ -27,8 +27,13 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model to fine-tune (finetune recipe)."}
     )
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Teacher checkpoint (a fine-tuned model for task distillation)."}
+    teacher_model_name_or_path: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher checkpoint (a fine-tuned model for task distillation), or several (a YAML list, or "
+            "paths after one flag) combined per teacher_weights/teacher_combination. A PEFT adapter folder "
+            "loads merged into its base model."
+        },
     )
     student_model_name_or_path: str | None = field(
         default=None,
@@ -48,6 +53,17 @@ class ModelArguments:
     )
     student_num_attention_heads: int | None = field(
         default=None, metadata={"help": "Attention heads of a narrower student."}
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Distill into a LoRA adapter on the student (lora_* flags) instead of all its weights."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (with use_peft)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (with use_peft)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path (with use_peft)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names LoRA adapts, e.g. query value (default: PEFT's choice for the architecture)."},
     )
     ignore_mismatched_sizes: bool = field(
         default=False,

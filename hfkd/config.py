@@ -17,6 +17,8 @@ from transformers import TrainingArguments
 
 from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
+from hfkd.multi_teacher import TEACHER_COMBINATIONS, check_teacher_weights
+from hfkd.schedules import SCHEDULES, check_schedule_settings
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "last", "skip")
 PROJECTION_INITS = ("xavier", "normal", "identity")
@@ -148,6 +150,52 @@ class DistillationConfig(TrainingArguments):
         default=10,
         metadata={"help": "With nonfinite_loss='skip': stop (as 'raise' does) once more updates than this are skipped."},
     )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "One weight per teacher when teacher_model is a list (divided by their sum; default "
+            "equal). With cached logits only, their count says how many teachers the cache holds."
+        },
+    )
+    teacher_combination: str = field(
+        default="prob_mean",
+        metadata={
+            "help": f"How several teachers make one KD target, one of {list(TEACHER_COMBINATIONS)}: "
+            "'prob_mean' = Σ w_i softmax(z_i/T) (the mixture of their distributions), 'logit_mean' = "
+            "Σ w_i z_i. Hidden/attention terms use the first teacher."
+        },
+    )
+    temperature_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": f"Temperature over the optimizer steps, one of {list(SCHEDULES)}: from `temperature` "
+            "to `temperature_end` (see hfkd.schedules); logged as `temperature`."
+        },
+    )
+    temperature_end: float | None = field(
+        default=None, metadata={"help": "Temperature at the end of a linear/cosine temperature_schedule (> 0)."}
+    )
+    loss_weight_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": f"Loss weights over the optimizer steps, one of {list(SCHEDULES)}: each alpha_* goes "
+            "from its value to its entry in `loss_weights_end`; logged as alpha_*."
+        },
+    )
+    loss_weights_end: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": 'End values (dict or JSON string) of a linear/cosine loss_weight_schedule, e.g. '
+            '{"alpha_kd": 0.2, "alpha_ce": 0.8}; weights not listed stay constant.'
+        },
+    )
+    merge_adapter_on_save: bool = field(
+        default=False,
+        metadata={
+            "help": "With a PEFT student (peft_config), save_model writes the merged plain student instead "
+            "of the adapter (checkpoints keep the adapter, for resuming)."
+        },
+    )
     report_at_end: bool = field(
         default=False,
         metadata={
@@ -210,6 +258,15 @@ class DistillationConfig(TrainingArguments):
         self.layer_mapping = _parse_layer_mapping(self.layer_mapping)
         if isinstance(self.teacher_model_init_kwargs, str):
             self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+        if isinstance(self.loss_weights_end, str):
+            try:
+                self.loss_weights_end = json.loads(self.loss_weights_end)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    f"loss_weights_end={self.loss_weights_end!r} is not JSON; write e.g. '{{\"alpha_kd\": 0.2}}'."
+                ) from None
+        check_schedule_settings(self)
+        check_teacher_weights(self.teacher_weights, self.teacher_combination, self.kd_loss)
 
     @property
     def needs_teacher(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
+from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
 from hfkd.arguments import ModelArguments, parse_args, resolve_model_path
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.data import (
@@ -104,9 +105,12 @@ def _report(trainer: DistillationTrainer, task: str) -> None:
     from hfkd.report import build_report, write_report
 
     args = trainer.args
+    student = trainer.accelerator.unwrap_model(trainer.model)
     report = build_report(
         trainer.teacher,
-        [(os.path.basename(os.path.normpath(args.output_dir)), args.output_dir)],
+        # An adapter folder has no architecture to load: measure the merged student it deploys as.
+        [(os.path.basename(os.path.normpath(args.output_dir)), merged_copy(student) if is_peft_model(student)
+          else args.output_dir)],
         trainer.eval_dataset,
         trainer.data_collator,
         trainer.compute_metrics,
@@ -204,20 +208,45 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
     )
 
 
+def load_teachers(model_args: ModelArguments, args: DistillationConfig, command: str) -> tuple[list[PreTrainedModel], Any]:
+    """The teachers named by teacher_model_name_or_path (adapter folders merged) and the first one's tokenizer."""
+    names = model_args.teacher_model_name_or_path
+    paths = [resolve_model_path(name) for name in ([names] if isinstance(names, str) else names or [])]
+    if not paths:
+        raise ValueError(f"{command} needs teacher_model_name_or_path (a fine-tuned checkpoint).")
+    source = paths[0]
+    if is_adapter_folder(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
+        source = adapter_base_path(source)  # an adapter saved without its tokenizer: the base model's
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
+    if args.alpha_attention > 0:
+        kwargs.setdefault("attn_implementation", "eager")
+    return [load_pretrained(_auto_class(model_args.task), path, **kwargs) for path in paths], tokenizer
+
+
+def build_peft_config(model_args: ModelArguments, args: DistillationConfig, task: str) -> Any:
+    """A LoraConfig from the lora_* flags when use_peft is set (the task head then trains too), else None."""
+    if not model_args.use_peft:
+        return None
+    if not model_args.student_model_name_or_path and not args.merge_adapter_on_save:
+        raise ValueError(
+            "use_peft with a student built from the teacher would save an adapter whose base model exists "
+            "nowhere: set merge_adapter_on_save (a merged student), or give student_model_name_or_path."
+        )
+    from peft import LoraConfig
+
+    task_types = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
+    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=model_args.lora_target_modules, task_type=task_types.get(task))
+
+
 def run_distillation(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
-    """Distill the teacher into a student on the task's data; returns the student's eval metrics."""
-    if not model_args.teacher_model_name_or_path:
-        raise ValueError("distillation needs teacher_model_name_or_path (a fine-tuned checkpoint).")
+    """Distill the teacher(s) into a student on the task's data; returns the student's eval metrics."""
     check_output_dir(args, model_args)
     set_seed(args.seed)
     task = model_args.task
-    teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=model_args.trust_remote_code)
-    teacher_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code,
-                                      **(args.teacher_model_init_kwargs or {})}
-    if args.alpha_attention > 0:
-        teacher_kwargs.setdefault("attn_implementation", "eager")
-    teacher = _auto_class(task).from_pretrained(teacher_path, **teacher_kwargs)
+    teachers, tokenizer = load_teachers(model_args, args, "distillation")
+    teacher = teachers[0]
     raw = load_raw_datasets(data_args)
     datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config)
     if labels and len(labels) != teacher.config.num_labels:
@@ -225,17 +254,18 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
             f"the data has {len(labels)} labels {labels} but the teacher has num_labels="
             f"{teacher.config.num_labels} ({teacher.config.id2label}); fine-tune the teacher on this label set."
         )
-    if labels and is_default_labels(teacher.config.id2label):
-        # Name the teacher's classes after the data so the saved student carries real labels.
-        teacher.config.id2label = dict(enumerate(labels))
-        teacher.config.label2id = {label: i for i, label in enumerate(labels)}
+    # Name the teachers' classes after the data so the saved student carries real labels.
+    for unnamed in [t for t in teachers if labels and is_default_labels(t.config.id2label)]:
+        unnamed.config.id2label = dict(enumerate(labels))
+        unnamed.config.label2id = {label: i for i, label in enumerate(labels)}
     student = build_student(model_args, teacher, task)
-    check_sequence_length(data_args, teacher, student)
-    datasets = use_teacher_cache(teacher, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
+    check_sequence_length(data_args, *teachers, student)
+    datasets = use_teacher_cache(teachers, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher,
+        teacher_model=teachers,
         args=args,
+        peft_config=build_peft_config(model_args, args, task),
         dataset_names=_dataset_names(data_args),
         **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
     )
@@ -297,20 +327,15 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
 
     if not args.teacher_cache_dir:
         raise ValueError("cache-teacher needs teacher_cache_dir: set the folder the cache is written to.")
-    if not model_args.teacher_model_name_or_path:
-        raise ValueError("cache-teacher needs teacher_model_name_or_path (a fine-tuned checkpoint).")
     if args.world_size > 1:
         raise ValueError("cache-teacher runs in one process: start it without accelerate launch.")
     task = model_args.task
-    teacher_path = resolve_model_path(model_args.teacher_model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=model_args.trust_remote_code)
-    teacher = _auto_class(task).from_pretrained(
-        teacher_path, trust_remote_code=model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {}))
-    datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teacher.config)
+    teachers, tokenizer = load_teachers(model_args, args, "cache-teacher")
+    datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teachers[0].config)
     if "train" not in datasets:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
     cache = build_teacher_cache(
-        _cast_teacher(teacher, args),
+        [_cast_teacher(teacher, args) for teacher in teachers],
         datasets["train"],
         build_data_collator(tokenizer, data_args, task),
         args.teacher_cache_dir,
@@ -322,12 +347,12 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
 
 
 def use_teacher_cache(
-    teacher: PreTrainedModel, datasets: Any, tokenizer: Any, data_args: DataArguments, args: DistillationConfig
+    teachers: list[PreTrainedModel], datasets: Any, tokenizer: Any, data_args: DataArguments, args: DistillationConfig
 ) -> Any:
     """`datasets` with the train split swapped for the cache in `teacher_cache_dir`, when there is one.
 
     A missing cache means online distillation (with a warning); a stale one is refused. Casts the
-    teacher to the device and `teacher_dtype` the trainer would, since the fingerprint hashes its weights.
+    teachers to the device and `teacher_dtype` the trainer would, since the fingerprint hashes their weights.
     """
     from hfkd.teacher_cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
 
@@ -338,7 +363,7 @@ def use_teacher_cache(
         logger.warning("No teacher cache in %s: distilling online (build one with hfkd cache-teacher).", cache_dir)
         return datasets
     expected = teacher_cache_fingerprint(
-        _cast_teacher(teacher, args), datasets["train"], extra=_cache_fingerprint_extra(tokenizer, data_args))
+        [_cast_teacher(teacher, args) for teacher in teachers], datasets["train"], extra=_cache_fingerprint_extra(tokenizer, data_args))
     datasets["train"] = load_teacher_cache(cache_dir, expected)
     return datasets
 

@@ -13,10 +13,12 @@ What is stored, per row (float32):
 - token classification and causal LM: the logits of every position of the row, `[length, classes]`
   (unpadded; `TeacherCacheCollator` pads them with the batch). A causal LM's vocabulary makes this
   large: the build refuses when the estimate exceeds the free disk space.
+Several teachers (a list) store their logits side by side in teacher order, `[K * classes]` or
+`[length, K * classes]`; the trainer splits and combines them every step (`hfkd.multi_teacher`).
 Top-k caches (values, indices and the remaining mass, for LM vocabularies) are not implemented.
 
 `fingerprint.json` records what the logits depend on: a sha256 of the teacher's weights (in the dtype
-it runs in), the dataset's `_fingerprint` (which `datasets` derives from the files and every
+it runs in; a list of them, in order, for several teachers), the dataset's `_fingerprint` (which `datasets` derives from the files and every
 map/select applied, tokenization included), top-k, the hfkd version and any `fingerprint_extra` (the
 recipes add the tokenizer's vocabulary hash, `max_seq_length` and `block_size`). `load_teacher_cache`
 refuses a cache whose fingerprint differs from the expected one. Inputs that change every epoch (random MLM
@@ -26,7 +28,6 @@ masking, augmentation in the collator or in an on-the-fly transform) cannot be c
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hfkd import __version__
-from hfkd.validation import task_of
+from hfkd.validation import forward_arg_names, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,17 @@ def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def teacher_cache_fingerprint(
-    teacher: nn.Module,
+    teacher: nn.Module | Sequence[nn.Module],
     dataset: datasets.Dataset,
     *,
     top_k: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a cache of `teacher` over `dataset` depends on; compare with `load_teacher_cache`."""
+    """What a cache of `teacher` (or a list of teachers) over `dataset` depends on; see `load_teacher_cache`."""
+    teachers = _as_list(teacher)
+    hashes = [state_dict_sha256(t) for t in teachers]
     fingerprint = {
-        "teacher_sha256": state_dict_sha256(teacher),
+        "teacher_sha256": hashes[0] if len(hashes) == 1 else hashes,
         "dataset_fingerprint": dataset._fingerprint,
         "top_k": top_k,
         "hfkd_version": __version__,
@@ -100,7 +103,7 @@ def teacher_cache_fingerprint(
 
 
 def build_teacher_cache(
-    teacher: nn.Module,
+    teacher: nn.Module | Sequence[nn.Module],
     dataset: datasets.Dataset,
     data_collator: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
     cache_dir: str | os.PathLike,
@@ -115,22 +118,33 @@ def build_teacher_cache(
     the input order. The teacher runs in eval mode under `torch.inference_mode()` on its own device
     and dtype (cast it to `teacher_dtype` first if training uses one). The cache is written to a
     temporary folder and renamed into place, so an interrupted build leaves no cache to trust.
-    Returns the saved dataset (memory-mapped from `cache_dir`).
+    Returns the saved dataset (memory-mapped from `cache_dir`). A list of teachers (same task
+    head and classes) stores their logits side by side, in list order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}.")
-    task = task_of(teacher)
+    teachers = _as_list(teacher)
+    task = task_of(teachers[0])
+    heads = {(task_of(t), _output_classes(t, task)) for t in teachers} if task else set()
+    if len(heads) > 1:
+        raise ValueError(f"the teachers differ in task head or class count {sorted(heads, key=str)}: "
+                         "cache teachers that share the student's head and label set / vocabulary.")
     _check_cacheable(task, dataset, top_k)
-    # Only what the teacher or the collator's labels use: text columns would trip padding collators.
-    columns = [c for c in dataset.column_names if c in _forward_arg_names(teacher) or c in _LABEL_COLUMNS]
+    # Only what a teacher or the collator's labels use: text columns would trip padding collators.
+    accepted = frozenset().union(*(forward_arg_names(t) for t in teachers))
+    columns = [c for c in dataset.column_names if c in accepted or c in _LABEL_COLUMNS]
     inputs = dataset.select_columns(columns)
     _check_deterministic(inputs, data_collator)
-    fingerprint = teacher_cache_fingerprint(teacher, dataset, top_k=top_k, extra=fingerprint_extra)
+    fingerprint = teacher_cache_fingerprint(teachers, dataset, top_k=top_k, extra=fingerprint_extra)
     lengths = [len(ids) for ids in inputs["input_ids"]] if "input_ids" in columns else [1] * len(inputs)
     if task in _POSITION_TASKS:
-        _check_disk_space(cache_dir, sum(lengths) * _output_classes(teacher, task) * 4)
+        _check_disk_space(cache_dir, sum(lengths) * _output_classes(teachers[0], task) * len(teachers) * 4)
     started = time.perf_counter()
-    logits = _run_teacher(teacher, inputs, data_collator, lengths, batch_size, per_position=task in _POSITION_TASKS)
+    per_teacher = [
+        _run_teacher(t, inputs, data_collator, lengths, batch_size, per_position=task in _POSITION_TASKS)
+        for t in teachers
+    ]
+    logits = [np.concatenate(rows, axis=-1) for rows in zip(*per_teacher)] if len(teachers) > 1 else per_teacher[0]
     cached = dataset.add_column(TEACHER_LOGITS, _arrow_rows(logits), feature=_logits_feature(task))
     logger.info("Teacher cache: %d rows in %.1f s", len(cached), time.perf_counter() - started)
     _save_atomically(cached, fingerprint, os.fspath(cache_dir))
@@ -201,6 +215,13 @@ def _pad_positions(rows: Sequence[torch.Tensor], length: int, side: str) -> torc
 # ---------------------------------------------------------------- internals
 
 
+def _as_list(teacher: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+    if not teachers:
+        raise ValueError("no teacher given: pass a model or a non-empty list of models.")
+    return teachers
+
+
 def _check_cacheable(task: str | None, dataset: Any, top_k: int | None) -> None:
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"the teacher cache needs a map-style datasets.Dataset, got {type(dataset).__name__}.")
@@ -243,10 +264,6 @@ def _same_batch(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if set(a) != set(b):
         return False
     return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
-
-
-def _forward_arg_names(model: nn.Module) -> frozenset[str]:
-    return frozenset(inspect.signature(model.forward).parameters)
 
 
 def _output_classes(teacher: nn.Module, task: str) -> int:
@@ -292,7 +309,7 @@ def _run_teacher(
 ) -> list[np.ndarray]:
     """Teacher logits per row, in row order, from length-sorted batches."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    accepted = _forward_arg_names(teacher)
+    accepted = forward_arg_names(teacher)
     device = next(teacher.parameters()).device
     padding_side = getattr(getattr(data_collator, "tokenizer", None), "padding_side", "right")
     results: list[np.ndarray | None] = [None] * len(inputs)

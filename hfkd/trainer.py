@@ -7,7 +7,6 @@ checkpointing, evaluation, Hub push) is the stock Trainer, reached through its h
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import os
@@ -23,14 +22,18 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hfkd.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
 from hfkd.config import DistillationConfig
 from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.multi_teacher import TeacherEnsemble, check_combination
+from hfkd.schedules import DistillationSchedule
 from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
     DistillationSetupError,
     check_teacher_student_compatibility,
+    forward_arg_names,
     is_causal_lm,
     load_teacher,
     require_attentions,
@@ -52,14 +55,19 @@ class DistillationTrainer(Trainer):
     """Trainer that adds the teacher's knowledge to the student's loss.
 
     Args:
-        model: the student (a `PreTrainedModel`); it is the model Trainer trains, evaluates and saves.
+        model: the student (a `PreTrainedModel`, or a `peft.PeftModel`); it is the model Trainer
+            trains, evaluates and saves.
         teacher_model: a model, or a name/path loaded with the student's Auto class and
-            `args.teacher_model_init_kwargs`. Frozen, in eval mode, on the student's device. May be
-            None when only `alpha_ce` is active, or when only logit terms are and `train_dataset`
-            carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
+            `args.teacher_model_init_kwargs` (a PEFT adapter folder loads merged into its base), or
+            a list of those: several teachers, combined per `args.teacher_weights` and
+            `args.teacher_combination` (`hfkd.multi_teacher`). Frozen, in eval mode, on the
+            student's device. May be None when only `alpha_ce` is active, or when only logit terms
+            are and `train_dataset` carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
         args: a `DistillationConfig`.
-        teacher_processing_class: the teacher's tokenizer, checked token-for-token against
-            `processing_class` (the student's) when both are given.
+        teacher_processing_class: the teacher's tokenizer (or one per teacher), checked
+            token-for-token against `processing_class` (the student's) when both are given.
+        peft_config: a `peft.PeftConfig` (e.g. `LoraConfig`): train an adapter on the student
+            instead of all its weights (`hfkd.adapters`).
         dataset_names: datasets named in the model card (the first is the evaluation set).
         Every other argument is `transformers.Trainer`'s.
     """
@@ -75,6 +83,7 @@ class DistillationTrainer(Trainer):
         *trainer_args: Any,
         teacher_processing_class: Any = None,
         dataset_names: list[str] | None = None,
+        peft_config: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
         if model is None or isinstance(model, str):
@@ -87,30 +96,36 @@ class DistillationTrainer(Trainer):
                 f"args must be an hfkd.DistillationConfig, got {type(args).__name__}; "
                 "DistillationConfig accepts every TrainingArguments field."
             )
-        teacher = None
+        sources = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+        sources = [source for source in sources if source is not None]
+        teachers: list[nn.Module] = []
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         cached = has_teacher_cache(train_dataset)
         representations = args.alpha_hidden > 0 or args.alpha_attention > 0
-        if teacher_model is None and (representations or (args.alpha_kd > 0 and not cached)):
+        if not sources and (representations or (args.alpha_kd > 0 and not cached)):
             raise ValueError(
                 "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
                 "or (logit terms only) a train_dataset from hfkd.teacher_cache.load_teacher_cache, "
                 "or set those weights to 0 to train on the labels alone."
             )
-        if args.needs_teacher and teacher_model is not None:
-            teacher = load_teacher(teacher_model, model, args)
-            check_teacher_student_compatibility(
-                teacher,
-                model,
-                student_tokenizer=trainer_kwargs.get("processing_class"),
-                teacher_tokenizer=teacher_processing_class,
-            )
+        self.ensemble = TeacherEnsemble.from_config(args.teacher_weights, args.teacher_combination, len(sources) or None)
+        check_combination(args.kd_loss, args.teacher_combination, self.ensemble.size)
+        if args.needs_teacher and sources:
+            teachers = [load_teacher(source, model, args) for source in sources]
+            self._check_teachers(teachers, model, trainer_kwargs.get("processing_class"), teacher_processing_class)
             if args.alpha_attention > 0:
-                for m in (teacher, model):
+                for m in (teachers[0], model):
                     m.set_attn_implementation("eager")
-        self.teacher_name = teacher_model if isinstance(teacher_model, str) else getattr(
-            getattr(teacher, "config", None), "_name_or_path", None) or "teacher"
+        teacher = teachers[0] if teachers else None
+        self.teacher_names = [_model_name(source) for source in sources]
+        self.teacher_name = self.teacher_names[0] if self.teacher_names else "teacher"
+        model = wrap_student(model, peft_config)
+        if args.merge_adapter_on_save and not is_peft_model(model):
+            raise ValueError(
+                "merge_adapter_on_save=True but the student has no adapter: pass peft_config=... (or a "
+                "PeftModel student), or unset merge_adapter_on_save."
+            )
         self.dataset_names = list(dataset_names or [])
         self.layer_pairs = self._layer_pairs(model, teacher, args)
         self.projections = self._attach_projections(model, teacher, args)
@@ -121,11 +136,14 @@ class DistillationTrainer(Trainer):
         if cached:
             self.data_collator = TeacherCacheCollator(self.data_collator)
         self.teacher_fidelity: dict[str, float] | None = None  # set when a cheaper teacher is measured
-        self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        self.teachers = [self._prepare_teacher(t) for t in teachers]
+        self.teacher = self.teachers[0] if self.teachers else None  # also the one hidden/attention terms use
         if self.projections is not None and self.args.world_size > 1:
             self._share_projections()
-        self._student_inputs = _forward_arg_names(model)
-        self._teacher_inputs = _forward_arg_names(teacher) if teacher is not None else None
+        self.schedule = DistillationSchedule(args)
+        self.add_callback(self.schedule)
+        self._student_inputs = forward_arg_names(model)
+        self._teacher_inputs = [forward_arg_names(t) for t in self.teachers]
         self._causal = is_causal_lm(model)
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_steps = 0
@@ -134,6 +152,21 @@ class DistillationTrainer(Trainer):
         self._guarded_optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _check_teachers(teachers: list[nn.Module], student: nn.Module, tokenizer: Any, teacher_tokenizers: Any) -> None:
+        """Every teacher against the student; with several, the error says which teacher."""
+        if not isinstance(teacher_tokenizers, (list, tuple)):
+            teacher_tokenizers = [teacher_tokenizers] * len(teachers)
+        for number, (teacher, teacher_tokenizer) in enumerate(zip(teachers, teacher_tokenizers), start=1):
+            try:
+                check_teacher_student_compatibility(
+                    teacher, student, student_tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer
+                )
+            except DistillationSetupError as error:
+                if len(teachers) == 1:
+                    raise
+                raise DistillationSetupError(f"teacher {number} of {len(teachers)}: {error}") from None
 
     @staticmethod
     def _layer_pairs(
@@ -230,7 +263,7 @@ class DistillationTrainer(Trainer):
             return
         batches = ({k: v.to(self.args.device) for k, v in batch.items() if torch.is_tensor(v)}
                    for batch in self.get_eval_dataloader(eval_dataset))
-        self.teacher_fidelity = teacher_fidelity(reference, fast, batches, accepted_inputs=_forward_arg_names(reference))
+        self.teacher_fidelity = teacher_fidelity(reference, fast, batches, accepted_inputs=forward_arg_names(reference))
         logger.info("cheaper teacher vs full teacher: %s", self.teacher_fidelity)
         agreement = self.teacher_fidelity["argmax_agreement"]
         if agreement < self.args.teacher_min_agreement:
@@ -275,7 +308,7 @@ class DistillationTrainer(Trainer):
         if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
             with torch.inference_mode():
                 teacher_out = self.teacher(
-                    **_only(inputs, self._teacher_inputs, drop=("labels",)),
+                    **_only(inputs, self._teacher_inputs[0], drop=("labels",)),
                     output_hidden_states=want_hidden,
                     output_attentions=want_attn,
                 )
@@ -296,13 +329,14 @@ class DistillationTrainer(Trainer):
             ce_labels = labels_t if mask is None else labels_t[mask]
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
+        current = self.schedule.current  # temperature and weights of this step (hfkd.schedules)
         if args.alpha_kd > 0:
-            source = cached_logits if cached_logits is not None else teacher_out.logits
-            teacher_logits, _, _ = self._aligned(source, None, None)
+            target = self._kd_target(inputs, teacher_out, logits.shape[-1], current["temperature"])
+            teacher_logits, _, _ = self._aligned(target, None, None)
             terms["kd_loss"] = KD_LOSSES[args.kd_loss](
                 logits,
                 teacher_logits,
-                temperature=args.temperature,
+                temperature=current["temperature"],
                 mask=mask,
                 scale_by_t2=args.kd_scale_by_t2,
                 reduction="sum",
@@ -315,7 +349,7 @@ class DistillationTrainer(Trainer):
 
         loss = 0.0
         for name, value in terms.items():
-            weight = getattr(args, "alpha_" + name.removesuffix("_loss"))
+            weight = current["alpha_" + name.removesuffix("_loss")]
             normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
             loss = loss + weight * normalised
         if self._is_finite(loss, terms):
@@ -324,6 +358,17 @@ class DistillationTrainer(Trainer):
                 self._term_sums[name] += shown.detach()
             self._term_steps += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _kd_target(self, inputs: dict[str, Any], teacher_out: Any, classes: int, temperature: float) -> torch.Tensor:
+        """The KD target logits: cached or from the teachers, combined when there are several."""
+        cached = inputs.get(TEACHER_LOGITS)
+        if cached is not None:
+            return self.ensemble.combine(self.ensemble.split_cached(cached, classes), temperature)
+        per_teacher = [teacher_out.logits]
+        with torch.inference_mode():
+            for teacher, accepted in zip(self.teachers[1:], self._teacher_inputs[1:]):
+                per_teacher.append(teacher(**_only(inputs, accepted, drop=("labels",))).logits)
+        return self.ensemble.combine(per_teacher, temperature)
 
     def _aligned(
         self, logits: torch.Tensor, labels: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -428,6 +473,7 @@ class DistillationTrainer(Trainer):
                 logs[name] = round(float(total) / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
+            logs.update({name: self.schedule.current[name] for name in self.schedule.scheduled})
         if "loss" in logs and self.args.nonfinite_loss == "skip":
             logs["skipped_updates"] = self.skipped_updates
         super().log(logs, start_time)
@@ -454,10 +500,29 @@ class DistillationTrainer(Trainer):
         return optimizer
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the clean student and, outside checkpoints, its model card."""
-        super().save_model(output_dir, _internal_call)
+        """Save the clean student (a PEFT student: its adapter, or merged with `merge_adapter_on_save`)
+        and, outside checkpoints, its model card."""
+        if not _internal_call and self.args.merge_adapter_on_save:
+            self.save_merged_student(output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
         if not _internal_call and self.args.should_save:
             self.write_model_card(output_dir or self.args.output_dir)
+
+    def save_merged_student(self, output_dir: str | None = None) -> None:
+        """Write the PEFT student with its adapter merged in: a plain `AutoModelFor*` checkpoint.
+
+        Needs the whole student on each process (not under DeepSpeed ZeRO-3 or sharded FSDP).
+        """
+        student = self.accelerator.unwrap_model(self.model)
+        if not is_peft_model(student):
+            raise ValueError("save_merged_student needs a PEFT student (peft_config=...); use save_model instead.")
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        merged_copy(student).save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
 
     def create_model_card(self, model_name: str | None = None, license: str | None = None,
                           dataset: str | list[str] | None = None, **_: Any) -> None:
@@ -515,6 +580,15 @@ class DistillationTrainer(Trainer):
             settings["teacher_forward"] = ", ".join(cheaper) + (
                 f" (argmax agreement with the full teacher {fidelity['argmax_agreement']:.2%}, mean KL "
                 f"{fidelity['mean_kl']:.2e}, on {fidelity['items']} evaluation items)" if fidelity else " (unmeasured)")
+        if self.ensemble.size > 1:
+            settings["teachers"] = self.ensemble.describe(self.teacher_names or ["cached"] * self.ensemble.size)
+            settings["teachers"] += "; hidden/attention terms from the first" if self.layer_pairs else ""
+        scheduled = self.schedule.describe()
+        if scheduled:
+            settings["schedules"] = scheduled
+        adapter = adapter_summary(self.model)
+        if adapter:
+            settings["adapter"] = adapter + (" (merged into the saved student)" if self.args.merge_adapter_on_save else "")
         return settings
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -595,9 +669,8 @@ def last_complete_checkpoint(output_dir: str, required: bool = True) -> str | No
     return None
 
 
-def _forward_arg_names(model: nn.Module) -> frozenset[str]:
-    """Named inputs a model's forward takes, so one batch can feed models of different families."""
-    return frozenset(inspect.signature(model.forward).parameters)
+def _model_name(model: nn.Module | str) -> str:
+    return model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None) or "teacher"
 
 
 def _only(inputs: dict[str, Any], accepted: frozenset[str], drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Every error is one line that names both sides and the fix.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -16,6 +17,8 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from hfkd.adapters import base_model, load_pretrained
 
 # Task heads recognised by class-name suffix, with the Auto class that loads each.
 TASK_AUTO_CLASSES = {
@@ -51,7 +54,11 @@ def task_of(model: nn.Module) -> str | None:
 
 
 def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.Module:
-    """Return the teacher model, loading a name/path with the student's task Auto class."""
+    """Return the teacher model, loading a name/path with the student's task Auto class.
+
+    A folder holding a PEFT adapter (`adapter_config.json`) loads its base model, applies the
+    adapter and merges it (`hfkd.adapters.load_pretrained`).
+    """
     if isinstance(teacher, nn.Module):
         return teacher
     if not isinstance(teacher, str):
@@ -62,11 +69,17 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
     if args.alpha_attention > 0:
         kwargs.setdefault("attn_implementation", "eager")
     try:
-        return auto_class.from_pretrained(teacher, **kwargs)
+        return load_pretrained(auto_class, teacher, **kwargs)
     except OSError as error:
         raise DistillationSetupError(
             f"cannot load teacher {teacher!r} with {auto_class.__name__}: {error}".splitlines()[0]
         ) from error
+
+
+def forward_arg_names(model: nn.Module) -> frozenset[str]:
+    """Named inputs a model's forward takes (a PEFT wrapper's: its base model's), so one batch
+    can feed models of different families."""
+    return frozenset(inspect.signature(base_model(model).forward).parameters)
 
 
 def is_default_labels(id2label: dict[int, str]) -> bool:

@@ -131,6 +131,7 @@ def bad_inputs(workspace):
         (["--validation_file", "BAD/empty.csv"], "has no rows"),
         (["--validation_file", "BAD/outside.csv"], "planet"),
         (["--teacher_cache_dir", "BAD/cache", "--max_seq_length", "24"], "teacher cache"),
+        (["--use_peft"], "use_peft with a student built from the teacher"),
     ],
 )
 def test_recipe_bad_input_is_one_line_exit_2(workspace, bad_inputs, tmp_path, extra, message):
@@ -217,3 +218,34 @@ def test_accelerate_launch_two_processes_runs_the_recipe(workspace, tmp_path):
     # 60 examples, 2 processes x 8 per device -> 4 steps per epoch, 2 epochs
     assert state["global_step"] == 8
     assert (tmp_path / "ddp" / "eval_results.json").is_file()
+
+
+def test_recipe_lora_student_two_teachers_and_schedules(workspace, tmp_path):
+    """use_peft + lora flags, a plain and an adapter teacher with weights, a temperature schedule."""
+    from peft import LoraConfig, get_peft_model
+
+    base = BertForSequenceClassification.from_pretrained(workspace / "teacher6")
+    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "teacher_adapter")  # no tokenizer: the base's is used
+    main(run_distillation, [
+        "--teacher_model_name_or_path", str(workspace / "teacher6"), str(tmp_path / "teacher_adapter"),
+        "--teacher_weights", "0.6", "0.4", "--teacher_combination", "logit_mean",
+        "--student_model_name_or_path", str(workspace / "teacher6"), "--use_peft", "--lora_r", "4",
+        "--lora_target_modules", "query", "value",
+        "--temperature_schedule", "linear", "--temperature", "3", "--temperature_end", "1",
+        "--loss_weight_schedule", "cosine", "--loss_weights_end", '{"alpha_kd": 0.1}',
+        "--alpha_kd", "1", "--alpha_ce", "0.5", "--report_at_end", "--logging_steps", "1",
+        *common(workspace, "unused"), "--output_dir", str(tmp_path / "out")])
+    out = tmp_path / "out"
+    assert {"adapter_config.json", "adapter_model.safetensors", "eval_results.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert logged[0]["temperature"] == 3.0 and logged[-1]["temperature"] < 1.3 and "alpha_kd" in logged[0]
+    card = (out / "README.md").read_text()
+    assert "(0.6)" in card and "logit_mean" in card and "LORA r=4" in card and "temperature linear 3→1" in card
+    assert (out / "report" / "report.json").is_file()
+    from peft import AutoPeftModelForSequenceClassification
+
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(out)  # base found via adapter_config
+    assert reloaded.get_base_model().config.num_hidden_layers == 2
