@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hfkd.config import DistillationConfig
 from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.placement import DEVICE, prepare_teacher, teacher_placement
 from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
     check_teacher_student_compatibility,
@@ -48,7 +49,8 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student (a `PreTrainedModel`); it is the model Trainer trains, evaluates and saves.
         teacher_model: a model, or a name/path loaded with the student's Auto class and
-            `args.teacher_model_init_kwargs`. Frozen, in eval mode, on the student's device. May be
+            `args.teacher_model_init_kwargs`. Frozen, in eval mode, and placed for the engine by
+            `hfkd.placement` (on the device; a DeepSpeed engine; FSDP-sharded). May be
             None when only `alpha_ce` is active, or when only logit terms are and `train_dataset`
             carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
         args: a `DistillationConfig`.
@@ -115,7 +117,12 @@ class DistillationTrainer(Trainer):
         if cached:
             self.data_collator = TeacherCacheCollator(self.data_collator)
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
-        if self.projections is not None and self.args.world_size > 1:
+        # Under DeepSpeed/FSDP the engine owns the projections (a student submodule); under DDP, hfkd does.
+        self._engine_owns_projections = teacher_placement(self.accelerator) != DEVICE
+        self._syncs_projections = (
+            self.projections is not None and self.args.world_size > 1 and not self._engine_owns_projections
+        )
+        if self._syncs_projections:
             self._share_projections()
         self._student_inputs = _forward_arg_names(model)
         self._teacher_inputs = _forward_arg_names(teacher) if teacher is not None else None
@@ -153,7 +160,8 @@ class DistillationTrainer(Trainer):
 
         Registering them on the student lets DDP/DeepSpeed/FSDP, the optimizer and checkpoint
         resumption treat them like any student weight; `_keys_to_ignore_on_save` keeps them out
-        of the saved student, and checkpoints store them in `hfkd_projections.safetensors`.
+        of the saved student. Checkpoints store them in `hfkd_projections.safetensors`, except under
+        DeepSpeed/FSDP, whose own checkpoints (model and optimizer state) already hold them.
         """
         if teacher is None or args.alpha_hidden == 0:
             return None
@@ -185,7 +193,7 @@ class DistillationTrainer(Trainer):
         with DDP's own bucket all-reduces in a different order on each process and deadlock.
         """
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.projections is not None and self.args.world_size > 1:
+        if self._syncs_projections:
             grads = [p.grad for p in self.projections.parameters() if p.grad is not None]
             if grads:
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -198,10 +206,9 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        teacher.requires_grad_(False)
-        teacher.eval()
+        """Frozen, and placed for the engine: on the device, a DeepSpeed engine or FSDP-sharded (`hfkd.placement`)."""
         dtype = getattr(torch, self.args.teacher_dtype) if self.args.teacher_dtype else None
-        return teacher.to(device=self.args.device, dtype=dtype)
+        return prepare_teacher(teacher, self.accelerator, dtype=dtype)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep the cached teacher columns, which remove_unused_columns would drop: no forward takes them.
@@ -235,7 +242,7 @@ class DistillationTrainer(Trainer):
         cached_logits = inputs.get(TEACHER_LOGITS)
         teacher_out = None
         if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: ZeRO-3/FSDP gather weights in the forward
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs, drop=("labels",)),
                     output_hidden_states=want_hidden,
@@ -439,7 +446,7 @@ class DistillationTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        if self.projections is not None and self.args.should_save:
+        if self.projections is not None and self.args.should_save and not self._engine_owns_projections:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
@@ -469,7 +476,7 @@ class DistillationTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.projections is None:
+        if self.projections is None or self._engine_owns_projections:
             return
         path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
         if not os.path.isfile(path):
@@ -487,7 +494,9 @@ def checkpoint_problem(path: str) -> str | None:
     names = set(os.listdir(path))
     if TRAINER_STATE_NAME not in names:
         return f"is incomplete (no {TRAINER_STATE_NAME}: the run was probably killed while saving it)"
-    if not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
+    # DeepSpeed ZeRO-3 without 16-bit gathering and sharded FSDP keep the weights in their own files.
+    engine_weights = "latest" in names or any(n.startswith("pytorch_model_fsdp") for n in names)
+    if not engine_weights and not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
         return "holds no model weights"
     return None
 
