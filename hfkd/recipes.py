@@ -102,12 +102,17 @@ def _finish(trainer: Trainer, task: str) -> dict[str, float]:
 
 def _report(trainer: DistillationTrainer, task: str) -> None:
     """Teacher vs the saved student on the eval set: report files, and the card gains the table."""
+    from hfkd.placement import is_sharded
     from hfkd.report import build_report, write_report
 
     args = trainer.args
+    if is_sharded(trainer.teacher):
+        logger.warning("report_at_end skipped: the teacher is sharded over the processes (ZeRO-3/FSDP), so one "
+                       "process cannot run it; run `hfkd report` on the saved student in one process instead.")
+        return
     student = trainer.accelerator.unwrap_model(trainer.model)
     report = build_report(
-        trainer.teacher,
+        getattr(trainer.teacher, "module", trainer.teacher),  # a ZeRO-0/1/2 teacher is a DeepSpeed engine
         # An adapter folder has no architecture to load: measure the merged student it deploys as.
         [(os.path.basename(os.path.normpath(args.output_dir)), merged_copy(student) if is_peft_model(student)
           else args.output_dir)],

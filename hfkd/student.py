@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from hfkd.placement import is_zero3_partitioned
+
 __all__ = ["create_student", "find_layer_stack", "hidden_size", "num_layers"]
 
 # Checked in order; the first existing ModuleList wins. Task models first, then base models.
@@ -317,6 +319,12 @@ def create_student(
     if width_change:
         return student
 
+    if is_zero3_partitioned(teacher):
+        raise ValueError(
+            "the teacher's weights are partitioned by DeepSpeed ZeRO-3, so its layers cannot be copied into a "
+            "student: build the student in one process (create_student(...).save_pretrained(dir)) and pass "
+            "it as student_model_name_or_path, or use ZeRO-2."
+        )
     try:
         student.load_state_dict(_student_state_dict(teacher.state_dict(), stack_path, indices), strict=True)
     except RuntimeError as error:  # e.g. an override such as num_labels or vocab_size changed a shape

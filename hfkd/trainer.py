@@ -29,6 +29,7 @@ from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
 from hfkd.multi_teacher import TeacherEnsemble, check_combination
 from hfkd.schedules import DistillationSchedule
+from hfkd.placement import DEVICE, prepare_teacher, teacher_placement
 from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
     DistillationSetupError,
@@ -60,9 +61,10 @@ class DistillationTrainer(Trainer):
         teacher_model: a model, or a name/path loaded with the student's Auto class and
             `args.teacher_model_init_kwargs` (a PEFT adapter folder loads merged into its base), or
             a list of those: several teachers, combined per `args.teacher_weights` and
-            `args.teacher_combination` (`hfkd.multi_teacher`). Frozen, in eval mode, on the
-            student's device. May be None when only `alpha_ce` is active, or when only logit terms
-            are and `train_dataset` carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
+            `args.teacher_combination` (`hfkd.multi_teacher`). Frozen, in eval mode, and placed for
+            the engine by `hfkd.placement` (on the device; a DeepSpeed engine; FSDP-sharded). May be
+            None when only `alpha_ce` is active, or when only logit terms are and `train_dataset`
+            carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
         args: a `DistillationConfig`.
         teacher_processing_class: the teacher's tokenizer (or one per teacher), checked
             token-for-token against `processing_class` (the student's) when both are given.
@@ -136,9 +138,15 @@ class DistillationTrainer(Trainer):
         if cached:
             self.data_collator = TeacherCacheCollator(self.data_collator)
         self.teacher_fidelity: dict[str, float] | None = None  # set when a cheaper teacher is measured
+        self._teacher_on_device = teacher_placement(self.accelerator) == DEVICE
         self.teachers = [self._prepare_teacher(t) for t in teachers]
         self.teacher = self.teachers[0] if self.teachers else None  # also the one hidden/attention terms use
-        if self.projections is not None and self.args.world_size > 1:
+        # Under DeepSpeed/FSDP the engine owns the projections (a student submodule); under DDP, hfkd does.
+        self._engine_owns_projections = not self._teacher_on_device
+        self._syncs_projections = (
+            self.projections is not None and self.args.world_size > 1 and not self._engine_owns_projections
+        )
+        if self._syncs_projections:
             self._share_projections()
         self.schedule = DistillationSchedule(args)
         self.add_callback(self.schedule)
@@ -195,7 +203,8 @@ class DistillationTrainer(Trainer):
 
         Registering them on the student lets DDP/DeepSpeed/FSDP, the optimizer and checkpoint
         resumption treat them like any student weight; `_keys_to_ignore_on_save` keeps them out
-        of the saved student, and checkpoints store them in `hfkd_projections.safetensors`.
+        of the saved student. Checkpoints store them in `hfkd_projections.safetensors`, except under
+        DeepSpeed/FSDP, whose own checkpoints (model and optimizer state) already hold them.
         """
         if teacher is None or args.alpha_hidden == 0:
             return None
@@ -227,7 +236,7 @@ class DistillationTrainer(Trainer):
         with DDP's own bucket all-reduces in a different order on each process and deadlock.
         """
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.projections is not None and self.args.world_size > 1:
+        if self._syncs_projections:
             grads = [p.grad for p in self.projections.parameters() if p.grad is not None]
             if grads:
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -240,19 +249,23 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        """Frozen, in eval mode, on the student's device; made cheaper only with its fidelity measured."""
-        teacher.requires_grad_(False)
-        teacher.eval()
+        """Frozen, and placed for the engine (`hfkd.placement`); made cheaper only with its fidelity measured."""
         args = self.args
         dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
-        if dtype is None and not (args.teacher_quantization or args.teacher_compile):
-            return teacher.to(args.device)
+        if not (args.teacher_quantization or args.teacher_compile):
+            return prepare_teacher(teacher, self.accelerator, dtype=dtype)
+        if not self._teacher_on_device:
+            raise DistillationSetupError(
+                "teacher_quantization/teacher_compile apply to a teacher on one device, not to one sharded by "
+                "DeepSpeed/FSDP: unset them (use teacher_dtype or the engine's precision instead)."
+            )
+        teacher.requires_grad_(False)
+        teacher.eval()
         reference = copy.deepcopy(teacher).to(args.device)
         fast = speed_up_teacher(teacher, device=args.device, dtype=dtype, quantization=args.teacher_quantization,
                                 compile=args.teacher_compile)
         self._measure_teacher_fidelity(reference, fast)
         return fast
-
     def _measure_teacher_fidelity(self, reference: nn.Module, fast: nn.Module) -> None:
         """Compare the cheaper teacher with the full one on evaluation batches; refuse a poor copy."""
         eval_dataset = self.eval_dataset
@@ -273,6 +286,10 @@ class DistillationTrainer(Trainer):
                 f"full teacher on {agreement:.1%} of evaluation items, below teacher_min_agreement="
                 f"{self.args.teacher_min_agreement}: drop that option or lower the bound knowingly."
             )
+
+    def _teacher_mode(self) -> Any:
+        """inference_mode for a teacher on one device; no_grad when ZeRO-3/FSDP gather its weights in the forward."""
+        return torch.inference_mode() if self._teacher_on_device else torch.no_grad()
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep the cached teacher columns, which remove_unused_columns would drop: no forward takes them.
@@ -306,7 +323,7 @@ class DistillationTrainer(Trainer):
         cached_logits = inputs.get(TEACHER_LOGITS)
         teacher_out = None
         if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
-            with torch.inference_mode():
+            with self._teacher_mode():
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs[0], drop=("labels",)),
                     output_hidden_states=want_hidden,
@@ -365,7 +382,7 @@ class DistillationTrainer(Trainer):
         if cached is not None:
             return self.ensemble.combine(self.ensemble.split_cached(cached, classes), temperature)
         per_teacher = [teacher_out.logits]
-        with torch.inference_mode():
+        with self._teacher_mode():
             for teacher, accepted in zip(self.teachers[1:], self._teacher_inputs[1:]):
                 per_teacher.append(teacher(**_only(inputs, accepted, drop=("labels",))).logits)
         return self.ensemble.combine(per_teacher, temperature)
@@ -597,7 +614,7 @@ class DistillationTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        if self.projections is not None and self.args.should_save:
+        if self.projections is not None and self.args.should_save and not self._engine_owns_projections:
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
@@ -627,7 +644,7 @@ class DistillationTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.projections is None:
+        if self.projections is None or self._engine_owns_projections:
             return
         path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
         if not os.path.isfile(path):
@@ -650,7 +667,9 @@ def checkpoint_problem(path: str) -> str | None:
             int(json.load(handle)["global_step"])
     except (ValueError, KeyError, TypeError):
         return f"is incomplete ({TRAINER_STATE_NAME} is truncated or invalid: the run was killed while saving it)"
-    if not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
+    # DeepSpeed ZeRO-3 without 16-bit gathering and sharded FSDP keep the weights in their own files.
+    engine_weights = "latest" in names or any(n.startswith("pytorch_model_fsdp") for n in names)
+    if not engine_weights and not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
         return "holds no model weights"
     return None
 

@@ -6,13 +6,33 @@ import sys
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import DataCollatorWithPadding
+from transformers import PreTrainedModel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import seq_cls_dataset, seq_cls_pair  # noqa: E402
 
+import hfkd.model_card  # noqa: E402
+import hfkd.trainer  # noqa: E402
 from hfkd import DistillationConfig, DistillationTrainer  # noqa: E402
 from hfkd.recipes import finish_process  # noqa: E402
+
+WRITES: list[str] = []
+
+
+def record_writes(owner: object, name: str) -> None:
+    """Note each call of owner.name (a function that writes output files) made by this process."""
+    original = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        WRITES.append(name)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, recorded)
+
+
+record_writes(PreTrainedModel, "save_pretrained")  # the student, in checkpoints and at the end
+record_writes(hfkd.model_card, "write_model_card")
+record_writes(hfkd.trainer, "save_file")  # hfkd_projections.safetensors in checkpoints
 
 
 class RecordingCollator:
@@ -32,7 +52,7 @@ def main(output_dir: str) -> None:
     args = DistillationConfig(
         output_dir=output_dir, report_to=[], per_device_train_batch_size=4, gradient_accumulation_steps=2,
         num_train_epochs=1, learning_rate=1e-3, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, seed=0,
-        save_strategy="no", disable_tqdm=True, logging_steps=1, dataloader_drop_last=True,
+        save_strategy="steps", save_steps=2, disable_tqdm=True, logging_steps=1, dataloader_drop_last=True,
     )
     data = seq_cls_dataset(64)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
@@ -49,6 +69,7 @@ def main(output_dir: str) -> None:
         "teacher_wrapped": isinstance(trainer.teacher, DistributedDataParallel),
         "teacher_trainable": any(p.requires_grad for p in trainer.teacher.parameters()),
         "distributed_type": str(trainer.accelerator.distributed_type),
+        "writes": WRITES,
     }
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(record, handle)

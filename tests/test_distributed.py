@@ -34,6 +34,10 @@ def test_two_process_distillation(tmp_path):
     assert seen[0] and seen[1]
     assert ranks[0]["student_wrapped"] and not ranks[0]["teacher_wrapped"] and not ranks[0]["teacher_trainable"]
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # DDP kept replicas in sync
+    # Only the main process writes: 2 checkpoints (student + projections) and the final student with its card.
+    assert sorted(ranks[0]["writes"]) == sorted(["save_pretrained"] * 3 + ["save_file"] * 2 + ["write_model_card"])
+    assert ranks[1]["writes"] == []
+    assert (tmp_path / "checkpoint-4" / "hfkd_projections.safetensors").is_file()
 
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert student.config.num_hidden_layers == 2

@@ -1,7 +1,8 @@
 """Kill a recipe with SIGKILL while it trains, resume it with `--resume_from_checkpoint`, compare.
 
 On CPU with a fixed seed the resumed run must equal an uninterrupted one: same step count, the
-same student weights and projection heads (dropout, data order and optimizer state all restored).
+same student weights and projection heads (dropout, data order, optimizer state and the
+temperature schedule all restored).
 """
 
 import json
@@ -30,6 +31,7 @@ def recipe_command(workspace, output_dir, *extra):
             "--train_file", str(workspace / "train.csv"), "--validation_file", str(workspace / "dev.csv"),
             "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
             "--learning_rate", "1e-3", "--save_strategy", "steps", "--save_steps", "5", "--save_total_limit", "2",
+            "--temperature", "4", "--temperature_schedule", "linear", "--temperature_end", "1",
             "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--output_dir", str(output_dir), *extra]
 
 
