@@ -26,8 +26,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from hfkd.config import DistillationConfig
 from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
-from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
+from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES, task_ce_loss
+from hfkd.teacher_cache import (
+    CACHE_COLUMNS,
+    TEACHER_TOPK_LOGPROBS,
+    TeacherCacheCollator,
+    check_cache_fits,
+    has_teacher_cache,
+)
 from hfkd.validation import (
     DistillationSetupError,
     check_teacher_student_compatibility,
@@ -91,6 +97,8 @@ class DistillationTrainer(Trainer):
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         cached = has_teacher_cache(train_dataset)
+        if cached and args.alpha_kd > 0:
+            check_cache_fits(train_dataset, args.kd_loss, args.temperature)
         representations = args.alpha_hidden > 0 or args.alpha_attention > 0
         if teacher_model is None and (representations or (args.alpha_kd > 0 and not cached)):
             raise ValueError(
@@ -270,9 +278,10 @@ class DistillationTrainer(Trainer):
         want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
         outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
-        cached_logits = inputs.get(TEACHER_LOGITS)
+        # Cached teacher outputs: [logits], or [top-k log-probs, top-k ids] (hfkd.teacher_cache).
+        cached = [inputs[name] for name in CACHE_COLUMNS if name in inputs]
         teacher_out = None
-        if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
+        if self.teacher is not None and (want_hidden or want_attn or not cached):
             with torch.inference_mode():
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs, drop=("labels",)),
@@ -297,11 +306,11 @@ class DistillationTrainer(Trainer):
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
         if args.alpha_kd > 0:
-            source = cached_logits if cached_logits is not None else teacher_out.logits
-            teacher_logits, _, _ = self._aligned(source, None, None)
-            terms["kd_loss"] = KD_LOSSES[args.kd_loss](
+            targets = [self._aligned(t, None, None)[0] for t in cached or [teacher_out.logits]]
+            kd_losses = TOPK_KD_LOSSES if TEACHER_TOPK_LOGPROBS in inputs else KD_LOSSES
+            terms["kd_loss"] = kd_losses[args.kd_loss](
                 logits,
-                teacher_logits,
+                *targets,
                 temperature=args.temperature,
                 mask=mask,
                 scale_by_t2=args.kd_scale_by_t2,
