@@ -2,8 +2,8 @@
 
     hfkd distill  --config C.yaml [--flag value ...]   (task from the config's `task` key)
     hfkd finetune --config C.yaml [--flag value ...]
-    hfkd cache-teacher --config C.yaml [--flag value ...]   (teacher logits of the train split
-                                                           -> teacher_cache_dir, read by `hfkd distill`)
+    hfkd cache-teacher --config C.yaml [--flag value ...]   (teacher logits of the train split, or
+                                   their top-k with --teacher_cache_top_k K, -> teacher_cache_dir, read by `hfkd distill`)
     hfkd report   --teacher PATH --student PATH [--student PATH ...] (--config C.yaml | --dataset ...)
 """
 

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
+from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES
 from hfkd.multi_teacher import TEACHER_COMBINATIONS, check_teacher_weights
 from hfkd.schedules import SCHEDULES, check_schedule_settings
 
@@ -138,6 +138,15 @@ class DistillationConfig(TrainingArguments):
             "terms). Not for inputs that change every epoch, such as random MLM masking."
         },
     )
+    teacher_cache_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cache only the teacher's k most likely classes per item: their log-probabilities at "
+            "`temperature`, the log of the remaining mass and their ids, instead of all logits (length × vocab "
+            "floats per row for an LM). KD then compares the k+1 buckets (kd_loss kl or ce); k = vocab size "
+            "is exact. The cache is tied to top_k and temperature: changing either needs a rebuild."
+        },
+    )
     nonfinite_loss: str = field(
         default="raise",
         metadata={
@@ -243,6 +252,23 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"projection_learning_rate must be > 0, got {self.projection_learning_rate}."
             )
+        if self.teacher_cache_top_k is not None:
+            if isinstance(self.teacher_cache_top_k, bool) or not isinstance(self.teacher_cache_top_k, int) \
+                    or self.teacher_cache_top_k < 1:
+                raise ValueError(
+                    f"teacher_cache_top_k must be an int >= 1 (e.g. 50), got {self.teacher_cache_top_k!r}; "
+                    "unset it to cache all logits."
+                )
+            if self.kd_loss not in TOPK_KD_LOSSES:
+                raise ValueError(
+                    f"kd_loss={self.kd_loss!r} needs the teacher's full distribution, which a top-k teacher "
+                    f"cache does not keep: use kd_loss in {sorted(TOPK_KD_LOSSES)} or unset teacher_cache_top_k."
+                )
+            if self.temperature_schedule != "constant":
+                raise ValueError(
+                    "a top-k teacher cache holds log-probabilities at one temperature, so temperature_schedule "
+                    "must be 'constant': unset teacher_cache_top_k (full logits) or the schedule."
+                )
         if self.teacher_quantization is not None:
             _check_choice("teacher_quantization", self.teacher_quantization, TEACHER_QUANTIZATIONS)
         if not 0.0 <= self.teacher_min_agreement <= 1.0:

@@ -7,16 +7,27 @@ micro-batches (exact gradient accumulation); `"mean"` averages over the selected
 
 Teacher tensors may come from `torch.inference_mode()`: no function saves them for backward as is,
 only tensors derived from them (autograd refuses to save inference tensors).
+
+The logit (KD) losses are written per row (one class distribution per item) and run through
+`_per_item`, which keeps large vocabularies memory-light: see `CHUNK_ELEMENTS`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from functools import partial
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+
+# Logit values (items × classes) a KD loss processes at once. A causal LM's KD term written on whole
+# tensors holds several [items, V] float copies at once (selected rows, scaled logits, log-probs,
+# products; 7 for KL, 1.7 GiB at 2k tokens × 32k vocabulary) and autograd keeps some until backward.
+# Above this budget `_per_item` works through the rows in chunks and keeps only their gradient.
+CHUNK_ELEMENTS = 2**22
 
 
 def _select(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -38,16 +49,92 @@ def _reduce(per_item: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-def _item_logits(student: Tensor, teacher: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def _t2(temperature: float, scale_by_t2: bool) -> float:
+    return temperature**2 if scale_by_t2 else 1.0
+
+
+def _per_item(
+    rows_loss: Callable[..., Tensor], student: Tensor, *teacher: Tensor, mask: Tensor | None
+) -> Tensor:
+    """`rows_loss(student_rows, *teacher_rows)` -> one value per item, over the items `mask` selects.
+
+    Every tensor is [*items, features] with the same item dims; `rows_loss` treats rows independently.
+    Up to `CHUNK_ELEMENTS` logits this is plain autograd; above, `_ChunkedRows` runs the rows chunk by
+    chunk and keeps only their gradient, so the extra memory is about one [items, V] float32 copy.
+    """
+    if mask is None:
+        mask = torch.ones(student.shape[:-1], dtype=torch.bool, device=student.device)
+    index = mask.bool().nonzero(as_tuple=True)
+    step = max(CHUNK_ELEMENTS // max(student.shape[-1], 1), 1)
+    if index[0].numel() <= step:
+        return rows_loss(student[index], *(t[index] for t in teacher))
+    return _ChunkedRows.apply(rows_loss, step, index, student, *teacher)
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """Per-item loss values computed `step` rows at a time, each chunk's gradient taken right away.
+
+    Each item's value depends on its own row only, so d(sum_i g_i f_i)/d row_i = g_i * grad f_i: the
+    forward stores grad f_i (from autograd on the chunk), the backward scales it by the incoming g_i.
+    Same values and gradients as plain autograd on `rows_loss`; no double backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows_loss: Callable[..., Tensor], step: int, index: tuple[Tensor, ...],
+                student: Tensor, *teacher: Tensor) -> Tensor:
+        items = index[0].numel()
+        track = ctx.needs_input_grad[3]
+        values = student.new_empty(items, dtype=torch.float32)
+        grads = student.new_empty(items, student.shape[-1], dtype=torch.float32) if track else None
+        for start in range(0, items, step):
+            part = tuple(i[start : start + step] for i in index)
+            rows = student[part].detach().requires_grad_(track)
+            with torch.enable_grad():
+                chunk = rows_loss(rows, *(t[part] for t in teacher))
+                if track:
+                    (grads[start : start + step],) = torch.autograd.grad(chunk.sum(), rows)
+            values[start : start + step] = chunk.detach()
+        ctx.step, ctx.index, ctx.shape, ctx.dtype = step, index, student.shape, student.dtype
+        ctx.save_for_backward(grads)
+        return values
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: Tensor) -> tuple[Tensor | None, ...]:
+        (grads,) = ctx.saved_tensors
+        grad_student = grads.new_zeros(ctx.shape, dtype=ctx.dtype)
+        for start in range(0, grads.shape[0], ctx.step):
+            part = tuple(i[start : start + ctx.step] for i in ctx.index)
+            chunk = grads[start : start + ctx.step] * grad_values[start : start + ctx.step, None]
+            grad_student[part] = chunk.to(ctx.dtype)
+        return (None, None, None, grad_student) + (None,) * (len(ctx.needs_input_grad) - 4)
+
+
+def _check_same_logits(student: Tensor, teacher: Tensor) -> None:
     if student.shape != teacher.shape:
         raise ValueError(
             f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ in "
             "shape: teacher and student need the same label set / vocabulary."
         )
-    classes = student.shape[-1]
-    if mask is not None:
-        return student[mask.bool()], teacher[mask.bool()]
-    return student.reshape(-1, classes), teacher.reshape(-1, classes)
+
+
+def _log_probs(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities at temperature T, in float32."""
+    return F.log_softmax(student.float() / temperature, dim=-1), F.log_softmax(teacher.float() / temperature, dim=-1)
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row, from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _cross_entropy(log_p_target: Tensor, log_q: Tensor) -> Tensor:
+    """H(p, q) = -sum p log q per row, from log-probabilities."""
+    return -(log_p_target.exp() * log_q).sum(-1)
+
+
+def _dense_kd(rows_loss: Callable[..., Tensor], student: Tensor, teacher: Tensor, mask: Tensor | None) -> Tensor:
+    _check_same_logits(student, teacher)
+    return _per_item(rows_loss, student, teacher, mask=mask)
 
 
 # ---------------------------------------------------------------- logits (KD) losses
@@ -63,11 +150,12 @@ def kl_loss(
     **_: float,
 ) -> Tensor:
     """Hinton's KD: KL(softmax(t/T) || softmax(s/T)), times T**2 so gradients keep their scale."""
-    s, t = _item_logits(student_logits, teacher_logits, mask)
-    log_p_s = F.log_softmax(s.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(t.float() / temperature, dim=-1)
-    per_item = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-    return _reduce(per_item, reduction) * (temperature**2 if scale_by_t2 else 1.0)
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        log_p_s, log_p_t = _log_probs(s, t, temperature)
+        return _kl(log_p_t, log_p_s)
+
+    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
 
 
 def reverse_kl_loss(
@@ -80,11 +168,12 @@ def reverse_kl_loss(
     **_: float,
 ) -> Tensor:
     """KL(softmax(s/T) || softmax(t/T)): mode-seeking, as in MiniLLM-style LM distillation."""
-    s, t = _item_logits(student_logits, teacher_logits, mask)
-    log_p_s = F.log_softmax(s.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(t.float() / temperature, dim=-1)
-    per_item = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
-    return _reduce(per_item, reduction) * (temperature**2 if scale_by_t2 else 1.0)
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        log_p_s, log_p_t = _log_probs(s, t, temperature)
+        return _kl(log_p_s, log_p_t)
+
+    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
 
 
 def jsd_loss(
@@ -107,17 +196,14 @@ def jsd_loss(
         return reverse_kl_loss(
             student_logits, teacher_logits, temperature, mask, scale_by_t2, reduction
         )
-    s, t = _item_logits(student_logits, teacher_logits, mask)
-    log_p_s = F.log_softmax(s.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(t.float() / temperature, dim=-1)
-    log_m = torch.logsumexp(
-        torch.stack([log_p_t + torch.log(torch.tensor(beta)), log_p_s + torch.log1p(torch.tensor(-beta))]),
-        dim=0,
-    )
-    kl_t = (log_p_t.exp() * (log_p_t - log_m)).sum(-1)
-    kl_s = (log_p_s.exp() * (log_p_s - log_m)).sum(-1)
-    per_item = beta * kl_t + (1.0 - beta) * kl_s
-    return _reduce(per_item, reduction) * (temperature**2 if scale_by_t2 else 1.0)
+
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        log_p_s, log_p_t = _log_probs(s, t, temperature)
+        log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log1p(-beta))
+        return beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
+
+    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
 
 
 def soft_ce_loss(
@@ -130,11 +216,12 @@ def soft_ce_loss(
     **_: float,
 ) -> Tensor:
     """Cross-entropy with the teacher's soft targets: KL plus the (constant) teacher entropy."""
-    s, t = _item_logits(student_logits, teacher_logits, mask)
-    log_p_s = F.log_softmax(s.float() / temperature, dim=-1)
-    p_t = F.softmax(t.float() / temperature, dim=-1)
-    per_item = -(p_t * log_p_s).sum(-1)
-    return _reduce(per_item, reduction) * (temperature**2 if scale_by_t2 else 1.0)
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        log_p_s, log_p_t = _log_probs(s, t, temperature)
+        return _cross_entropy(log_p_t, log_p_s)
+
+    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
 
 
 def logit_mse_loss(
@@ -146,9 +233,10 @@ def logit_mse_loss(
     **_: float,
 ) -> Tensor:
     """MSE between raw logits (Ba & Caruana 2014), mean over classes; temperature is not used."""
-    s, t = _item_logits(student_logits, teacher_logits, mask)
-    per_item = (s.float() - t.float()).pow(2).mean(-1)
-    return _reduce(per_item, reduction)
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        return (s.float() - t.float()).pow(2).mean(-1)
+
+    return _reduce(_dense_kd(rows, student_logits, teacher_logits, mask), reduction)
 
 
 KD_LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -157,6 +245,90 @@ KD_LOSSES: dict[str, Callable[..., Tensor]] = {
     "jsd": jsd_loss,
     "mse": logit_mse_loss,
     "ce": soft_ce_loss,
+}
+
+# ---------------------------------------------------------------- KD against a top-k teacher
+# A top-k teacher (`hfkd.teacher_cache` with `top_k`) is, per item, the log-probabilities at T of its
+# k most likely classes plus the log of the mass left over, `teacher_logprobs` [..., k+1], and the
+# class ids of those k, `teacher_indices` [..., k]. The student is compared on the same k+1 buckets.
+
+
+def _topk_buckets(student: Tensor, teacher_logprobs: Tensor, teacher_indices: Tensor,
+                  temperature: float) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities of the k+1 buckets (the teacher's top-k classes, the rest).
+
+    The student's rest is a logsumexp over the complement of the top-k (exact, no 1 - sum cancellation);
+    an empty complement (k = V) gets a finite floor instead of -inf, and the teacher's log(0) rest is
+    floored too, so that bucket contributes exactly 0 with finite gradients.
+    """
+    z = student.float() / temperature
+    floor = torch.finfo(z.dtype).min
+    indices = teacher_indices.long()
+    log_norm = torch.logsumexp(z, dim=-1, keepdim=True)
+    top = z.gather(-1, indices) - log_norm
+    rest = torch.logsumexp(z.scatter(-1, indices, floor), dim=-1, keepdim=True) - log_norm
+    return torch.cat([top, rest], dim=-1), teacher_logprobs.float().clamp_min(floor)
+
+
+def _topk_kd(rows_loss: Callable[[Tensor, Tensor], Tensor], student: Tensor, teacher_logprobs: Tensor,
+             teacher_indices: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
+    k, classes = teacher_indices.shape[-1], student.shape[-1]
+    if teacher_logprobs.shape[-1] != k + 1 or teacher_logprobs.shape[:-1] != teacher_indices.shape[:-1]:
+        raise ValueError(
+            f"top-k teacher log-probs {tuple(teacher_logprobs.shape)} must be [..., k+1] for indices "
+            f"{tuple(teacher_indices.shape)} [..., k]: the last entry is the mass outside the top-k."
+        )
+    if student.shape[:-1] != teacher_indices.shape[:-1] or k > classes:
+        raise ValueError(
+            f"student logits {tuple(student.shape)} do not fit top-{k} teacher targets "
+            f"{tuple(teacher_indices.shape)}: teacher and student need the same vocabulary and positions."
+        )
+
+    def rows(s: Tensor, t_logprobs: Tensor, t_indices: Tensor) -> Tensor:
+        log_p_s, log_p_t = _topk_buckets(s, t_logprobs, t_indices, temperature)
+        return rows_loss(log_p_t, log_p_s)
+
+    return _per_item(rows, student, teacher_logprobs, teacher_indices, mask=mask)
+
+
+def topk_kl_loss(
+    student_logits: Tensor,
+    teacher_logprobs: Tensor,
+    teacher_indices: Tensor,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    scale_by_t2: bool = True,
+    reduction: str = "mean",
+    **_: float,
+) -> Tensor:
+    """`kl_loss` against a top-k teacher: the KL of the two distributions over the k+1 buckets.
+
+    With k = V it equals `kl_loss`; with k < V it is a lower bound of it (merging classes cannot
+    increase a KL) that still matches the student's total mass outside the teacher's top-k.
+    """
+    per_item = _topk_kd(_kl, student_logits, teacher_logprobs, teacher_indices, temperature, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+
+
+def topk_soft_ce_loss(
+    student_logits: Tensor,
+    teacher_logprobs: Tensor,
+    teacher_indices: Tensor,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    scale_by_t2: bool = True,
+    reduction: str = "mean",
+    **_: float,
+) -> Tensor:
+    """`soft_ce_loss` against a top-k teacher: the cross-entropy over the k+1 buckets."""
+    per_item = _topk_kd(_cross_entropy, student_logits, teacher_logprobs, teacher_indices, temperature, mask)
+    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+
+
+# KD losses that a top-k teacher supports: the others need the teacher's full distribution.
+TOPK_KD_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "kl": topk_kl_loss,
+    "ce": topk_soft_ce_loss,
 }
 
 # ---------------------------------------------------------------- hidden-state losses

@@ -324,7 +324,7 @@ def _destroy_process_group() -> None:
 
 
 def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
-    """Run the teacher once over the train split and save its logits in `teacher_cache_dir`.
+    """Run the teacher once over the train split and save its logits (or top-k) in `teacher_cache_dir`.
 
     `hfkd distill` with the same config then trains from the cache (see `use_teacher_cache`).
     """
@@ -345,9 +345,11 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
         build_data_collator(tokenizer, data_args, task),
         args.teacher_cache_dir,
         batch_size=args.per_device_eval_batch_size,
+        top_k=args.teacher_cache_top_k,
+        temperature=args.temperature,
         fingerprint_extra=_cache_fingerprint_extra(tokenizer, data_args),
     )
-    logger.info("Cached the teacher's logits for %d rows in %s", len(cache), args.teacher_cache_dir)
+    logger.info("Cached the teacher's outputs for %d rows in %s", len(cache), args.teacher_cache_dir)
     return {"cached_rows": len(cache)}
 
 
@@ -368,7 +370,8 @@ def use_teacher_cache(
         logger.warning("No teacher cache in %s: distilling online (build one with hfkd cache-teacher).", cache_dir)
         return datasets
     expected = teacher_cache_fingerprint(
-        [_cast_teacher(teacher, args) for teacher in teachers], datasets["train"], extra=_cache_fingerprint_extra(tokenizer, data_args))
+        [_cast_teacher(teacher, args) for teacher in teachers], datasets["train"], top_k=args.teacher_cache_top_k,
+        temperature=args.temperature, extra=_cache_fingerprint_extra(tokenizer, data_args))
     datasets["train"] = load_teacher_cache(cache_dir, expected)
     return datasets
 

@@ -1,4 +1,4 @@
-"""Teacher-output cache: run the teacher once, train many epochs (or students) from its stored logits.
+"""Teacher-output cache: run the teacher once, train many epochs (or students) from its stored outputs.
 
 With only logit terms active (`alpha_hidden == alpha_attention == 0`), online distillation pays a
 teacher forward pass on every step of every epoch, although a frozen teacher in eval mode gives
@@ -12,14 +12,23 @@ What is stored, per row (float32):
 - sequence classification: all `num_labels` logits, `[num_labels]`;
 - token classification and causal LM: the logits of every position of the row, `[length, classes]`
   (unpadded; `TeacherCacheCollator` pads them with the batch). A causal LM's vocabulary makes this
-  large: the build refuses when the estimate exceeds the free disk space.
-Several teachers (a list) store their logits side by side in teacher order, `[K * classes]` or
+  large (the build logs its size first and refuses when it exceeds the free disk space), hence:
+- with `top_k` (for LM vocabularies), per item the teacher's k most likely classes instead:
+  `teacher_topk_logprobs` `[..., k+1]`, float32, the log-probabilities log_softmax(z/T) of those k
+  classes at the distillation temperature T followed by the log of the mass outside them (-inf when
+  k = classes), and `teacher_topk_indices` `[..., k]`, int32, their class ids. The KD term then
+  compares the student on those k+1 buckets (`hfkd.losses.TOPK_KD_LOSSES`: kl and ce).
+  Log-probabilities at T rather than raw logits plus a normaliser: the rest mass depends on T either
+  way (so T is in the fingerprint either way), and storing it as a log computed over the whole
+  vocabulary at build time keeps it exact where the top-k hold nearly all the mass (1 - sum would
+  cancel to 0 in float32); the KD targets are then read, not recomputed.
+Several teachers (a list) store their full logits side by side in teacher order, `[K * classes]` or
 `[length, K * classes]`; the trainer splits and combines them every step (`hfkd.multi_teacher`).
-Top-k caches (values, indices and the remaining mass, for LM vocabularies) are not implemented.
+A top-k cache holds one teacher.
 
 `fingerprint.json` records what the logits depend on: a sha256 of the teacher's weights (in the dtype
 it runs in; a list of them, in order, for several teachers), the dataset's `_fingerprint` (which `datasets` derives from the files and every
-map/select applied, tokenization included), top-k, the hfkd version and any `fingerprint_extra` (the
+map/select applied, tokenization included), top-k and the temperature of a top-k cache, the hfkd version and any `fingerprint_extra` (the
 recipes add the tokenizer's vocabulary hash, `max_seq_length` and `block_size`). `load_teacher_cache`
 refuses a cache whose fingerprint differs from the expected one. Inputs that change every epoch (random MLM
 masking, augmentation in the collator or in an on-the-fly transform) cannot be cached and are refused.
@@ -30,27 +39,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hfkd import __version__
+from hfkd.losses import TOPK_KD_LOSSES
 from hfkd.validation import forward_arg_names, task_of
 
 logger = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits"
-CACHE_COLUMNS = (TEACHER_LOGITS,)
+TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
+TEACHER_TOPK_INDICES = "teacher_topk_indices"
+CACHE_COLUMNS = (TEACHER_LOGITS, TEACHER_TOPK_LOGPROBS, TEACHER_TOPK_INDICES)
 FINGERPRINT_NAME = "fingerprint.json"
 REBUILD_HINT = "rebuild it with `hfkd cache-teacher --config C.yaml` (or hfkd.teacher_cache.build_teacher_cache)"
 _SEQUENCE_TASKS = ("sequence_classification",)
@@ -82,15 +97,22 @@ def teacher_cache_fingerprint(
     dataset: datasets.Dataset,
     *,
     top_k: int | None = None,
+    temperature: float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a cache of `teacher` (or a list of teachers) over `dataset` depends on; see `load_teacher_cache`."""
+    """What a cache of `teacher` (or a list of teachers) over `dataset` depends on; see `load_teacher_cache`.
+
+    A top-k cache depends on the distillation temperature (its rest mass does), a full one does not.
+    """
+    if top_k is not None and temperature is None:
+        raise ValueError("a top-k teacher cache depends on the temperature: pass temperature=args.temperature.")
     teachers = _as_list(teacher)
     hashes = [state_dict_sha256(t) for t in teachers]
     fingerprint = {
         "teacher_sha256": hashes[0] if len(hashes) == 1 else hashes,
         "dataset_fingerprint": dataset._fingerprint,
         "top_k": top_k,
+        "temperature": float(temperature) if top_k is not None else None,
         "hfkd_version": __version__,
     }
     clashing = sorted(set(fingerprint) & set(extra or {}))
@@ -110,9 +132,13 @@ def build_teacher_cache(
     *,
     batch_size: int = 64,
     top_k: int | None = None,
+    temperature: float | None = None,
     fingerprint_extra: Mapping[str, Any] | None = None,
 ) -> datasets.Dataset:
-    """Run `teacher` once over `dataset` and save the dataset plus a `teacher_logits` column in `cache_dir`.
+    """Run `teacher` once over `dataset` and save the dataset plus its outputs in `cache_dir`.
+
+    The outputs are a `teacher_logits` column, or with `top_k` the top-k log-probabilities at
+    `temperature` (the training temperature) and their ids (see the module docstring).
 
     Batches are formed in order of length (less padding) with the collator training uses; rows keep
     the input order. The teacher runs in eval mode under `torch.inference_mode()` on its own device
@@ -129,23 +155,35 @@ def build_teacher_cache(
     if len(heads) > 1:
         raise ValueError(f"the teachers differ in task head or class count {sorted(heads, key=str)}: "
                          "cache teachers that share the student's head and label set / vocabulary.")
-    _check_cacheable(task, dataset, top_k)
+    _check_cacheable(task, dataset)
+    if top_k is not None and len(teachers) > 1:
+        raise ValueError("a top-k cache holds one teacher's distribution: cache several teachers with full "
+                         "logits (unset teacher_cache_top_k), or distill from them online.")
+    _check_top_k(top_k, temperature, _output_classes(teachers[0], task))
     # Only what a teacher or the collator's labels use: text columns would trip padding collators.
     accepted = frozenset().union(*(forward_arg_names(t) for t in teachers))
     columns = [c for c in dataset.column_names if c in accepted or c in _LABEL_COLUMNS]
     inputs = dataset.select_columns(columns)
     _check_deterministic(inputs, data_collator)
-    fingerprint = teacher_cache_fingerprint(teachers, dataset, top_k=top_k, extra=fingerprint_extra)
+    fingerprint = teacher_cache_fingerprint(
+        teachers, dataset, top_k=top_k, temperature=temperature, extra=fingerprint_extra)
     lengths = [len(ids) for ids in inputs["input_ids"]] if "input_ids" in columns else [1] * len(inputs)
-    if task in _POSITION_TASKS:
-        _check_disk_space(cache_dir, sum(lengths) * _output_classes(teachers[0], task) * len(teachers) * 4)
+    per_position = task in _POSITION_TASKS
+    items = sum(lengths) if per_position else len(lengths)
+    per_item = _output_classes(teachers[0], task) * len(teachers) * 4 if top_k is None else (2 * top_k + 1) * 4
+    needed = items * per_item
+    logger.info("Teacher cache: %d rows, %d items, about %.2f GiB of %s -> %s", len(inputs), items, needed / 2**30,
+                "logits" if top_k is None else f"top-{top_k} log-probabilities (T={temperature})", cache_dir)
+    _check_disk_space(cache_dir, needed)
     started = time.perf_counter()
-    per_teacher = [
-        _run_teacher(t, inputs, data_collator, lengths, batch_size, per_position=task in _POSITION_TASKS)
-        for t in teachers
-    ]
-    logits = [np.concatenate(rows, axis=-1) for rows in zip(*per_teacher)] if len(teachers) > 1 else per_teacher[0]
-    cached = dataset.add_column(TEACHER_LOGITS, _arrow_rows(logits), feature=_logits_feature(task))
+    outputs = _logit_outputs if top_k is None else partial(_top_k_outputs, top_k=top_k, temperature=temperature)
+    per_teacher = [_run_teacher(t, inputs, data_collator, lengths, batch_size, per_position, outputs)
+                   for t in teachers]
+    per_column = {name: [np.concatenate(rows, axis=-1) for rows in zip(*(p[name] for p in per_teacher))]
+                  for name in per_teacher[0]} if len(teachers) > 1 else per_teacher[0]
+    cached = dataset
+    for name, values in per_column.items():
+        cached = cached.add_column(name, _arrow_rows(values), feature=_feature(values[0]))
     logger.info("Teacher cache: %d rows in %.1f s", len(cached), time.perf_counter() - started)
     _save_atomically(cached, fingerprint, os.fspath(cache_dir))
     return datasets.load_from_disk(os.fspath(cache_dir))
@@ -162,16 +200,47 @@ def load_teacher_cache(cache_dir: str | os.PathLike, expected_fingerprint: Mappi
                  if stored.get(key) != expected_fingerprint.get(key)]
     if differing:
         key, verb = differing[0], "differs" if len(differing) == 1 else "differ"
+        why = "".join(_STALE_HINTS.get(k, "") for k in differing)
         raise ValueError(
             f"stale teacher cache in {cache_dir}: {', '.join(differing)} {verb} ({key}: cache "
-            f"{_short(stored.get(key))}, expected {_short(expected_fingerprint.get(key))}); {REBUILD_HINT}."
+            f"{_short(stored.get(key))}, expected {_short(expected_fingerprint.get(key))}){why}; {REBUILD_HINT}."
         )
     return datasets.load_from_disk(os.fspath(cache_dir))
 
 
 def has_teacher_cache(dataset: Any) -> bool:
-    """Whether a dataset carries cached teacher logits (a `build_teacher_cache` result)."""
-    return TEACHER_LOGITS in (getattr(dataset, "column_names", None) or ())
+    """Whether a dataset carries cached teacher outputs (a `build_teacher_cache` result)."""
+    return any(name in (getattr(dataset, "column_names", None) or ()) for name in CACHE_COLUMNS)
+
+
+def check_cache_fits(dataset: Any, kd_loss: str, temperature: float) -> None:
+    """Refuse a top-k cache that the KD term cannot use: another temperature, or a loss needing all logits.
+
+    The temperature comes from the `fingerprint.json` beside the dataset's Arrow files, when it is
+    still there (a dataset mapped since then lives elsewhere: `load_teacher_cache` checked it then).
+    """
+    if TEACHER_TOPK_LOGPROBS not in (getattr(dataset, "column_names", None) or ()):
+        return
+    if kd_loss not in TOPK_KD_LOSSES:
+        raise ValueError(
+            f"kd_loss={kd_loss!r} needs the teacher's full distribution, but the teacher cache holds its "
+            f"top-k only: use kd_loss in {sorted(TOPK_KD_LOSSES)}, or a full cache (teacher_cache_top_k unset)."
+        )
+    stored = _stored_fingerprint(dataset)
+    if stored is not None and stored.get("temperature") != float(temperature):
+        raise ValueError(
+            f"the top-k teacher cache holds log-probabilities at temperature {stored.get('temperature')} but "
+            f"temperature is {temperature}: train at that temperature or {REBUILD_HINT}."
+        )
+
+
+def _stored_fingerprint(dataset: datasets.Dataset) -> dict[str, Any] | None:
+    for cache_file in dataset.cache_files:
+        path = os.path.join(os.path.dirname(cache_file["filename"]), FINGERPRINT_NAME)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+    return None
 
 
 # ---------------------------------------------------------------- collation
@@ -181,8 +250,8 @@ class TeacherCacheCollator:
     """Collate the cached teacher columns here and everything else with the wrapped collator.
 
     Padding collators (`DataCollatorWithPadding`, ...) only know token fields and fail on, or
-    mangle, per-row logits. Per-position logits are zero-padded to the batch's sequence length on
-    the tokenizer's padding side; the padded positions are masked out of the KD term.
+    mangle, per-row logits. Per-position outputs are zero-padded to the batch's sequence length on
+    the tokenizer's padding side (top-k ids with id 0); the padded positions are masked out of the KD term.
     """
 
     def __init__(self, data_collator: Callable[[list[dict[str, Any]]], Mapping[str, Any]]) -> None:
@@ -194,7 +263,8 @@ class TeacherCacheCollator:
         cached = {name: [f[name] for f in features] for name in CACHE_COLUMNS if name in features[0]}
         batch = self.data_collator([{k: v for k, v in f.items() if k not in cached} for f in features])
         for name, rows in cached.items():
-            tensors = [torch.as_tensor(row, dtype=torch.float32) for row in rows]
+            dtype = torch.long if name == TEACHER_TOPK_INDICES else torch.float32
+            tensors = [torch.as_tensor(row, dtype=dtype) for row in rows]
             if tensors[0].dim() == 1:
                 batch[name] = torch.stack(tensors)
             else:
@@ -222,16 +292,17 @@ def _as_list(teacher: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     return teachers
 
 
-def _check_cacheable(task: str | None, dataset: Any, top_k: int | None) -> None:
+def _check_cacheable(task: str | None, dataset: Any) -> None:
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"the teacher cache needs a map-style datasets.Dataset, got {type(dataset).__name__}.")
     if len(dataset) == 0:
         raise ValueError("the dataset to cache is empty: pass the tokenized train split.")
     if has_teacher_cache(dataset):
-        raise ValueError(f"the dataset already has a {TEACHER_LOGITS} column: pass the tokenized data without it.")
-    if top_k is not None:
-        raise NotImplementedError(
-            "top-k teacher caches are not implemented yet: cache full logits (top_k=None) or train online."
+        raise ValueError("the dataset already has cached teacher outputs: pass the tokenized data without them.")
+    if task == "masked_lm":
+        raise ValueError(
+            "cannot cache a masked_lm teacher: its inputs are masked at random every epoch, so its outputs "
+            "differ every time; train online (unset teacher_cache_dir)."
         )
     if task not in _SEQUENCE_TASKS + _POSITION_TASKS:
         raise ValueError(
@@ -242,6 +313,21 @@ def _check_cacheable(task: str | None, dataset: Any, top_k: int | None) -> None:
         raise ValueError(
             "the dataset has an on-the-fly transform (set_transform/with_transform), whose rows may change "
             "every epoch: apply it with dataset.map first, or train online."
+        )
+
+
+def _check_top_k(top_k: int | None, temperature: float | None, classes: int) -> None:
+    if top_k is None:
+        return
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        raise ValueError(
+            f"top_k={top_k!r} must be an int from 1 to the teacher's {classes} output classes "
+            "(typically 20-100 for an LM vocabulary; unset it to cache all logits)."
+        )
+    if temperature is None or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(
+            f"a top-k cache stores log-probabilities at the distillation temperature: pass temperature="
+            f"args.temperature (> 0), got {temperature!r}."
         )
 
 
@@ -266,13 +352,25 @@ def _same_batch(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
-def _output_classes(teacher: nn.Module, task: str) -> int:
+def _output_classes(teacher: nn.Module, task: str | None) -> int:
     return teacher.config.vocab_size if task == "causal_lm" else teacher.config.num_labels
 
 
-def _logits_feature(task: str | None) -> datasets.List:
-    row = datasets.List(datasets.Value("float32"))
-    return row if task in _SEQUENCE_TASKS else datasets.List(row)
+def _feature(row: np.ndarray) -> datasets.List:
+    feature = datasets.List(datasets.Value(str(row.dtype)))
+    return feature if row.ndim == 1 else datasets.List(feature)
+
+
+def _logit_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {TEACHER_LOGITS: logits.float()}
+
+
+def _top_k_outputs(logits: torch.Tensor, top_k: int, temperature: float) -> dict[str, torch.Tensor]:
+    """Top-k log-probabilities at T plus the log of the rest (a logsumexp over the others), and their ids."""
+    log_probs = F.log_softmax(logits.float() / temperature, dim=-1)
+    values, indices = log_probs.topk(top_k, dim=-1)
+    rest = torch.logsumexp(log_probs.scatter(-1, indices, -math.inf), dim=-1, keepdim=True)
+    return {TEACHER_TOPK_LOGPROBS: torch.cat([values, rest], dim=-1), TEACHER_TOPK_INDICES: indices.int()}
 
 
 def _arrow_rows(rows: Sequence[np.ndarray]) -> pa.ChunkedArray:
@@ -290,7 +388,7 @@ def _arrow_rows(rows: Sequence[np.ndarray]) -> pa.ChunkedArray:
 
 
 def _arrow_chunk(rows: Sequence[np.ndarray]) -> pa.Array:
-    flat = pa.array(np.concatenate([row.reshape(-1) for row in rows]), type=pa.float32())
+    flat = pa.array(np.concatenate([row.reshape(-1) for row in rows]))
     classes = rows[0].shape[-1]
     inner = pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, classes, dtype=np.int32)), flat)
     if rows[0].ndim == 1:
@@ -306,13 +404,14 @@ def _run_teacher(
     lengths: Sequence[int],
     batch_size: int,
     per_position: bool,
-) -> list[np.ndarray]:
-    """Teacher logits per row, in row order, from length-sorted batches."""
+    outputs: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+) -> dict[str, list[np.ndarray]]:
+    """`outputs(teacher logits)` per column and row, in row order, from length-sorted batches."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     accepted = forward_arg_names(teacher)
     device = next(teacher.parameters()).device
     padding_side = getattr(getattr(data_collator, "tokenizer", None), "padding_side", "right")
-    results: list[np.ndarray | None] = [None] * len(inputs)
+    results: dict[str, list[np.ndarray | None]] = {}
     was_training = teacher.training
     teacher.eval()
     try:
@@ -322,14 +421,16 @@ def _run_teacher(
                 columns = inputs[rows]
                 batch = data_collator([dict(zip(columns, values)) for values in zip(*columns.values())])
                 feed = {k: v.to(device) for k, v in batch.items() if k in accepted and k not in _LABEL_COLUMNS}
-                logits = teacher(**feed).logits.float().cpu().numpy()
-                for j, row in enumerate(rows):
-                    if not per_position:
-                        results[row] = logits[j]
-                    elif padding_side == "left":
-                        results[row] = logits[j, logits.shape[1] - lengths[row]:]
-                    else:
-                        results[row] = logits[j, : lengths[row]]
+                for name, values in outputs(teacher(**feed).logits).items():
+                    values = values.cpu().numpy()
+                    column = results.setdefault(name, [None] * len(inputs))
+                    for j, row in enumerate(rows):
+                        if not per_position:
+                            column[row] = values[j]
+                        elif padding_side == "left":
+                            column[row] = values[j, values.shape[1] - lengths[row]:]
+                        else:
+                            column[row] = values[j, : lengths[row]]
     finally:
         teacher.train(was_training)
     return results
@@ -341,8 +442,9 @@ def _check_disk_space(cache_dir: str | os.PathLike, needed: int) -> None:
     free = shutil.disk_usage(parent).free
     if needed > free:
         raise ValueError(
-            f"a teacher cache in {cache_dir} needs about {needed / 2**30:.1f} GiB of logits but only "
-            f"{free / 2**30:.1f} GiB are free: free space, cache fewer rows (max_train_samples) or train online."
+            f"a teacher cache in {cache_dir} needs about {needed / 2**30:.1f} GiB of teacher outputs but only "
+            f"{free / 2**30:.1f} GiB are free: free space, cache fewer rows (max_train_samples), use a smaller "
+            "teacher_cache_top_k, or train online."
         )
 
 
@@ -363,6 +465,12 @@ def _save_atomically(dataset: datasets.Dataset, fingerprint: Mapping[str, Any], 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+_STALE_HINTS = {
+    "temperature": "; a top-k cache holds log-probabilities at the distillation temperature",
+    "top_k": "; teacher_cache_top_k must equal the cache's top_k",
+}
 
 
 def _short(value: Any) -> str:

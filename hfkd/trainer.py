@@ -26,11 +26,18 @@ from hfkd.adapters import adapter_summary, is_peft_model, merged_copy, wrap_stud
 from hfkd.config import DistillationConfig
 from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES, task_ce_loss
 from hfkd.multi_teacher import TeacherEnsemble, check_combination
-from hfkd.schedules import DistillationSchedule
 from hfkd.placement import DEVICE, prepare_teacher, teacher_placement
-from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
+from hfkd.schedules import DistillationSchedule
+from hfkd.teacher_cache import (
+    CACHE_COLUMNS,
+    TEACHER_LOGITS,
+    TEACHER_TOPK_LOGPROBS,
+    TeacherCacheCollator,
+    check_cache_fits,
+    has_teacher_cache,
+)
 from hfkd.validation import (
     DistillationSetupError,
     check_teacher_student_compatibility,
@@ -104,6 +111,8 @@ class DistillationTrainer(Trainer):
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         cached = has_teacher_cache(train_dataset)
+        if cached and args.alpha_kd > 0:
+            check_cache_fits(train_dataset, args.kd_loss, args.temperature)
         representations = args.alpha_hidden > 0 or args.alpha_attention > 0
         if not sources and (representations or (args.alpha_kd > 0 and not cached)):
             raise ValueError(
@@ -320,9 +329,10 @@ class DistillationTrainer(Trainer):
         want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
         outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
-        cached_logits = inputs.get(TEACHER_LOGITS)
+        # Cached teacher outputs: [logits], or [top-k log-probs, top-k ids] (hfkd.teacher_cache).
+        cached = [inputs[name] for name in CACHE_COLUMNS if name in inputs]
         teacher_out = None
-        if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
+        if self.teacher is not None and (want_hidden or want_attn or not cached):
             with self._teacher_mode():
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs[0], drop=("labels",)),
@@ -348,11 +358,14 @@ class DistillationTrainer(Trainer):
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
         current = self.schedule.current  # temperature and weights of this step (hfkd.schedules)
         if args.alpha_kd > 0:
-            target = self._kd_target(inputs, teacher_out, logits.shape[-1], current["temperature"])
-            teacher_logits, _, _ = self._aligned(target, None, None)
-            terms["kd_loss"] = KD_LOSSES[args.kd_loss](
+            if TEACHER_TOPK_LOGPROBS in inputs:  # one teacher's top-k log-probs at the cache's temperature
+                targets, kd_losses = [self._aligned(t, None, None)[0] for t in cached], TOPK_KD_LOSSES
+            else:
+                target = self._kd_target(inputs, teacher_out, logits.shape[-1], current["temperature"])
+                targets, kd_losses = [self._aligned(target, None, None)[0]], KD_LOSSES
+            terms["kd_loss"] = kd_losses[args.kd_loss](
                 logits,
-                teacher_logits,
+                *targets,
                 temperature=current["temperature"],
                 mask=mask,
                 scale_by_t2=args.kd_scale_by_t2,

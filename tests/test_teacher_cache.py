@@ -22,6 +22,8 @@ from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.teacher_cache import (
     FINGERPRINT_NAME,
     TEACHER_LOGITS,
+    TEACHER_TOPK_INDICES,
+    TEACHER_TOPK_LOGPROBS,
     TeacherCacheCollator,
     build_teacher_cache,
     load_teacher_cache,
@@ -209,8 +211,10 @@ def test_inputs_that_change_every_epoch_are_refused(tmp_path, tokenizer):
         build_teacher_cache(teacher, data, augmenting, tmp_path / "c")
     with pytest.raises(ValueError, match="on-the-fly transform"):
         build_teacher_cache(teacher, data.with_transform(lambda rows: rows), padding, tmp_path / "c")
-    with pytest.raises(NotImplementedError, match="top-k"):
-        build_teacher_cache(teacher, data, padding, tmp_path / "c", top_k=5)
+    with pytest.raises(ValueError, match=r"top_k=5 must be an int from 1 to the teacher's 3 output classes"):
+        build_teacher_cache(teacher, data, padding, tmp_path / "c", top_k=5, temperature=2.0)
+    with pytest.raises(ValueError, match="at the distillation temperature"):
+        build_teacher_cache(teacher, data, padding, tmp_path / "c", top_k=2)
     assert not (tmp_path / "c").exists()
 
 
@@ -224,7 +228,8 @@ def test_teacher_is_still_required_without_a_cache_or_for_hidden_terms(tmp_path,
         DistillationTrainer(model=student, args=config(tmp_path, "b", alpha_hidden=1.0), train_dataset=cache)
 
 
-def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, capsys):
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, capsys, top_k):
     from hfkd.cli import main as cli
     from hfkd.recipes import main as recipe
     from hfkd.recipes import run_distillation
@@ -239,13 +244,20 @@ def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, 
         f"train_file: {tmp_path / 'train.csv'}\nvalidation_file: {tmp_path / 'train.csv'}\nmax_seq_length: 16\n"
         f"teacher_cache_dir: {tmp_path / 'cache'}\nmax_steps: 3\nper_device_train_batch_size: 8\nuse_cpu: true\n"
         "report_to: none\nsave_strategy: 'no'\ndisable_tqdm: true\nalpha_kd: 0.8\nalpha_ce: 0.2\n")
-    config = ["--config", str(tmp_path / "c.yaml")]
+    config = ["--config", str(tmp_path / "c.yaml")] + (["--teacher_cache_top_k", str(top_k)] if top_k else [])
 
     cli(["cache-teacher", *config])
     assert len(datasets.load_from_disk(str(tmp_path / "cache"))) == 40
     cached = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "cached")])
     online = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "online"), "--teacher_cache_dir", ""])
     assert cached["eval_loss"] == pytest.approx(online["eval_loss"], abs=1e-5)
+    if top_k:  # k = num_labels: exact; the cache is tied to the temperature and to top_k
+        assert "teacher_topk_logprobs" in datasets.load_from_disk(str(tmp_path / "cache")).column_names
+        for flags, refusal in ((["--temperature", "4"], "temperature differs"), (["--teacher_cache_top_k", "2"],
+                                                                                "top_k differs")):
+            with pytest.raises(SystemExit):
+                recipe(run_distillation, [*config, *flags, "--output_dir", str(tmp_path / "other")])
+            assert refusal in capsys.readouterr().err
 
     with torch.no_grad():
         teacher.classifier.bias += 0.1
@@ -254,3 +266,110 @@ def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, 
         recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "stale")])
     assert refused.value.code == 2
     assert "stale teacher cache" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- top-k caches (LM vocabularies)
+
+
+def gpt2_pair():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def gpt2(layers):
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+                                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+
+    torch.manual_seed(0)
+    teacher, student = gpt2(2), gpt2(1)
+    twin = GPT2LMHeadModel(student.config)
+    twin.load_state_dict(student.state_dict())
+    return teacher, student, twin
+
+
+def test_top_k_cache_with_k_equal_vocab_trains_like_online(tmp_path, tokenizer, caplog):
+    """Ragged rows, padded and shifted: k = vocabulary keeps the whole distribution, so the student is the same."""
+    teacher, student, twin = gpt2_pair()
+    data, collator = ragged_dataset(), DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+    online = train(tmp_path, "online", student, teacher, data, collator)
+    with caplog.at_level("INFO", logger="hfkd.teacher_cache"):
+        cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=VOCAB, temperature=2.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "GiB of top-100 log-probabilities (T=2.0)" in messages[0] and "rows in" in messages[-1]
+    assert TEACHER_LOGITS not in cache.column_names
+    cached = train(tmp_path, "cached", twin, None, cache, collator)
+
+    assert cached.teacher is None
+    assert_same_weights(online.model, cached.model)
+    kd = [[h["kd_loss"] for h in t.state.log_history if "kd_loss" in h] for t in (online, cached)]
+    assert kd[0] == pytest.approx(kd[1], abs=1e-5) and len(kd[0]) == 4
+
+
+def test_top_k_cache_stores_the_teacher_top_k_and_the_kd_term_is_the_bucketed_kl(tmp_path, tokenizer):
+    teacher, student, _ = gpt2_pair()
+    data, collator = ragged_dataset(n=8), DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    k, temperature = 5, 2.0
+    cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=k, temperature=temperature)
+
+    # Stored: the teacher's own top-k at T, and the log of the rest, for every position of a row.
+    teacher.eval()
+    row = cache[3]
+    with torch.no_grad():
+        p_t = torch.softmax(teacher(input_ids=torch.tensor([row["input_ids"]])).logits[0].double() / temperature, -1)
+    indices = torch.tensor(row[TEACHER_TOPK_INDICES])
+    assert indices.shape == (len(row["input_ids"]), k)
+    assert torch.equal(indices, p_t.topk(k, -1).indices)
+    logprobs = torch.tensor(row[TEACHER_TOPK_LOGPROBS], dtype=torch.float64)
+    top = p_t.gather(-1, indices)
+    torch.testing.assert_close(logprobs[:, :k], top.log(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logprobs[:, k], (1 - top.sum(-1)).log(), atol=1e-5, rtol=0)
+
+    # The trainer's KD term on a batch equals the bucketed KL computed by hand (shifted, padding ignored).
+    trainer = DistillationTrainer(model=student, args=config(tmp_path, "t", alpha_kd=1.0, alpha_ce=0.0),
+                                  train_dataset=cache, data_collator=collator)
+    batch = trainer.data_collator([cache[i] for i in range(6)])
+    loss = trainer.compute_loss(student.train(), batch)
+    with torch.no_grad():
+        p_s = torch.softmax(student(input_ids=batch["input_ids"]).logits.double() / temperature, -1)
+    total, items = 0.0, 0
+    for b in range(6):
+        length = len(cache[b]["input_ids"])
+        target = torch.tensor(cache[b][TEACHER_TOPK_LOGPROBS], dtype=torch.float64).exp()
+        ids = torch.tensor(cache[b][TEACHER_TOPK_INDICES])
+        for pos in range(length - 1):  # position pos predicts token pos + 1
+            student_top = p_s[b, pos, ids[pos]]
+            buckets_s = torch.cat([student_top, 1 - student_top.sum().reshape(1)])
+            total += float((target[pos] * (target[pos] / buckets_s).log()).sum())
+            items += 1
+    assert loss.item() == pytest.approx(total / items * temperature**2, rel=1e-4)
+
+
+def test_stale_top_k_cache_is_refused(tmp_path, tokenizer):
+    teacher, student, _ = gpt2_pair()
+    data, collator = ragged_dataset(n=8), DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=5, temperature=2.0)
+    load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data, top_k=5, temperature=2.0))
+    with pytest.raises(ValueError, match=r"stale teacher cache .*temperature differs \(temperature: cache 2.0, "
+                                         r"expected 4.0\); a top-k cache holds log-probabilities at the distillation temperature; rebuild"):
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data, top_k=5, temperature=4.0))
+    with pytest.raises(ValueError, match=r"top_k differs \(top_k: cache 5, expected 10\)"):
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data, top_k=10, temperature=2.0))
+    with pytest.raises(ValueError, match="temperature, top_k differ .*; teacher_cache_top_k must equal the cache's top_k; rebuild"):
+        load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data))  # a full cache expected
+    # Given to the trainer directly: another temperature, or a loss that needs every logit, is refused.
+    with pytest.raises(ValueError, match=r"log-probabilities at temperature 2.0 but temperature is 4.0"):
+        DistillationTrainer(model=student, args=config(tmp_path, "a", temperature=4.0), train_dataset=cache)
+    with pytest.raises(ValueError, match=r"kd_loss='jsd' needs the teacher's full distribution"):
+        DistillationTrainer(model=student, args=config(tmp_path, "b", kd_loss="jsd"), train_dataset=cache)
+    with pytest.raises(ValueError, match=r"kd_loss='mse' needs the teacher's full distribution.*unset teacher_cache"):
+        config(tmp_path, "c", kd_loss="mse", teacher_cache_top_k=5)
+    with pytest.raises(ValueError, match="teacher_cache_top_k must be an int >= 1"):
+        config(tmp_path, "d", teacher_cache_top_k=0)
+
+
+def test_masked_lm_teacher_is_refused(tmp_path, tokenizer):
+    from transformers import BertForMaskedLM
+
+    teacher = BertForMaskedLM(bert_config(layers=1))
+    with pytest.raises(ValueError, match="cannot cache a masked_lm teacher: its inputs are masked at random"):
+        build_teacher_cache(teacher, ragged_dataset(n=4), DataCollatorForLanguageModeling(tokenizer),
+                            tmp_path / "c", top_k=5, temperature=2.0)
