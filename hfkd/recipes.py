@@ -215,7 +215,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     tokenizer = AutoTokenizer.from_pretrained(teacher_path, trust_remote_code=model_args.trust_remote_code)
     teacher_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code,
                                       **(args.teacher_model_init_kwargs or {})}
-    if args.alpha_attention > 0:
+    if args.uses("attention"):
         teacher_kwargs.setdefault("attn_implementation", "eager")
     teacher = _auto_class(task).from_pretrained(teacher_path, **teacher_kwargs)
     raw = load_raw_datasets(data_args)

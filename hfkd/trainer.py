@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from hfkd.config import DistillationConfig
 from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, task_ce_loss
+from hfkd.relations import RelationDistiller, parse_relations
+from hfkd.stages import LOSS_TERMS, stage_index, stage_unit
 from hfkd.teacher_cache import CACHE_COLUMNS, TEACHER_LOGITS, TeacherCacheCollator, has_teacher_cache
 from hfkd.validation import (
     DistillationSetupError,
@@ -91,10 +94,10 @@ class DistillationTrainer(Trainer):
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         cached = has_teacher_cache(train_dataset)
-        representations = args.alpha_hidden > 0 or args.alpha_attention > 0
-        if teacher_model is None and (representations or (args.alpha_kd > 0 and not cached)):
+        representations = args.uses("hidden") or args.uses("attention") or args.uses("relation")
+        if teacher_model is None and (representations or (args.uses("kd") and not cached)):
             raise ValueError(
-                "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
+                "alpha_kd/alpha_hidden/alpha_attention/alpha_relation > 0 need a teacher: pass teacher_model=..., "
                 "or (logit terms only) a train_dataset from hfkd.teacher_cache.load_teacher_cache, "
                 "or set those weights to 0 to train on the labels alone."
             )
@@ -106,7 +109,7 @@ class DistillationTrainer(Trainer):
                 student_tokenizer=trainer_kwargs.get("processing_class"),
                 teacher_tokenizer=teacher_processing_class,
             )
-            if args.alpha_attention > 0:
+            if args.uses("attention"):
                 for m in (teacher, model):
                     m.set_attn_implementation("eager")
         self.teacher_name = teacher_model if isinstance(teacher_model, str) else getattr(
@@ -114,6 +117,12 @@ class DistillationTrainer(Trainer):
         self.dataset_names = list(dataset_names or [])
         self.layer_pairs = self._layer_pairs(model, teacher, args)
         self.projections = self._attach_projections(model, teacher, args)
+        self.relations = None
+        if teacher is not None and args.uses("relation"):
+            self.relations = RelationDistiller(
+                model, teacher, parse_relations(args.relations), args.relation_heads,
+                args.relation_student_layer, args.relation_teacher_layer, causal=is_causal_lm(model),
+            )
 
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
@@ -139,7 +148,7 @@ class DistillationTrainer(Trainer):
     def _layer_pairs(
         student: nn.Module, teacher: nn.Module | None, args: DistillationConfig
     ) -> list[tuple[int, int]]:
-        if teacher is None or (args.alpha_hidden == 0 and args.alpha_attention == 0):
+        if teacher is None or not (args.uses("hidden") or args.uses("attention")):
             return []
         pairs = resolve_layer_mapping(
             args.layer_mapping,
@@ -148,7 +157,7 @@ class DistillationTrainer(Trainer):
             include_embeddings=args.include_embeddings,
             student_teacher_layers=getattr(student.config, "hfkd_teacher_layers", None),
         )
-        if args.alpha_attention > 0 and not any(s > 0 and t > 0 for s, t in pairs):
+        if args.uses("attention") and not any(s > 0 and t > 0 for s, t in pairs):
             raise ValueError(
                 f"alpha_attention > 0 but layer_mapping {pairs} only pairs embedding outputs, which "
                 "have no attention maps; map at least one transformer layer."
@@ -164,7 +173,7 @@ class DistillationTrainer(Trainer):
         resumption treat them like any student weight; `_keys_to_ignore_on_save` keeps them out
         of the saved student, and checkpoints store them in `hfkd_projections.safetensors`.
         """
-        if teacher is None or args.alpha_hidden == 0:
+        if teacher is None or not args.uses("hidden"):
             return None
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         if d_s == d_t:
@@ -261,19 +270,23 @@ class DistillationTrainer(Trainer):
             return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
         args = self.args
+        weights = self.current_loss_weights()
         labels = inputs.get("labels")
-        if args.alpha_ce > 0 and labels is None:
+        if weights["ce"] > 0 and labels is None:
             raise ValueError(
-                f"alpha_ce={args.alpha_ce} but the batch has no 'labels'; add a label column "
+                f"alpha_ce={weights['ce']} but the batch has no 'labels'; add a label column "
                 "(or a collator that makes labels) or set alpha_ce=0."
             )
-        want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
+        want_hidden, want_attn, want_relation = weights["hidden"] > 0, weights["attention"] > 0, weights["relation"] > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
-        outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
+        with self.relations.student.capture() if want_relation else nullcontext() as student_qkv:
+            outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
         cached_logits = inputs.get(TEACHER_LOGITS)
         teacher_out = None
-        if self.teacher is not None and (want_hidden or want_attn or cached_logits is None):
-            with torch.inference_mode():
+        representations = want_hidden or want_attn or want_relation
+        if self.teacher is not None and (representations or (weights["kd"] > 0 and cached_logits is None)):
+            teacher_capture = self.relations.teacher.capture() if want_relation else nullcontext()
+            with torch.inference_mode(), teacher_capture as teacher_qkv:
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs, drop=("labels",)),
                     output_hidden_states=want_hidden,
@@ -292,11 +305,11 @@ class DistillationTrainer(Trainer):
         position_mask = inputs.get("attention_mask")
 
         terms: dict[str, torch.Tensor] = {}
-        if args.alpha_ce > 0:
+        if weights["ce"] > 0:
             ce_labels = labels_t if mask is None else labels_t[mask]
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
-        if args.alpha_kd > 0:
+        if weights["kd"] > 0:
             source = cached_logits if cached_logits is not None else teacher_out.logits
             teacher_logits, _, _ = self._aligned(source, None, None)
             terms["kd_loss"] = KD_LOSSES[args.kd_loss](
@@ -312,10 +325,12 @@ class DistillationTrainer(Trainer):
             terms["hidden_loss"] = self._hidden_term(outputs, teacher_out, position_mask)
         if want_attn:
             terms["attention_loss"] = self._attention_term(outputs, teacher_out, position_mask)
+        if want_relation:
+            terms["relation_loss"] = self.relations.loss(student_qkv, teacher_qkv, position_mask)
 
         loss = 0.0
         for name, value in terms.items():
-            weight = getattr(args, "alpha_" + name.removesuffix("_loss"))
+            weight = weights[name.removesuffix("_loss")]
             normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
             loss = loss + weight * normalised
         if self._is_finite(loss, terms):
@@ -324,6 +339,12 @@ class DistillationTrainer(Trainer):
                 self._term_sums[name] += shown.detach()
             self._term_steps += 1
         return (loss, outputs) if return_outputs else loss
+
+    def current_loss_weights(self) -> dict[str, float]:
+        """Weight of each term ('ce', 'kd', 'hidden', 'attention', 'relation') for the step being
+        computed: the active stage's with `stages`, else the config's. compute_loss reads its weights
+        only here, so a weight schedule overrides this one method."""
+        return self.args.loss_weights(self.state.global_step, self.state.max_steps)
 
     def _aligned(
         self, logits: torch.Tensor, labels: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -428,6 +449,8 @@ class DistillationTrainer(Trainer):
                 logs[name] = round(float(total) / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
+            if self.args.stages:  # 1-based stage of the last step logged
+                logs["stage"] = 1 + stage_index(self.args.stages, max(self.state.global_step - 1, 0), self.state.max_steps)
         if "loss" in logs and self.args.nonfinite_loss == "skip":
             logs["skipped_updates"] = self.skipped_updates
         super().log(logs, start_time)
@@ -491,15 +514,31 @@ class DistillationTrainer(Trainer):
     def distillation_settings(self) -> dict[str, Any]:
         """What the model card says about how this student was made."""
         args = self.args
-        settings: dict[str, Any] = {
-            "loss": " + ".join(f"{getattr(args, 'alpha_' + t)}·{t.upper()}" for t in ("ce", "kd", "hidden", "attention")
-                               if getattr(args, "alpha_" + t) > 0),
-            "kd_loss": f"{args.kd_loss} (T={args.temperature}, T² scaling {'on' if args.kd_scale_by_t2 else 'off'})",
-        }
-        if args.alpha_hidden > 0:
+
+        def objective(weights: dict[str, float]) -> str:
+            return " + ".join(f"{w}·{t.upper()}" for t, w in weights.items() if w > 0)
+
+        settings: dict[str, Any] = {}
+        if args.preset:
+            settings["preset"] = args.preset
+        if args.stages:
+            unit = stage_unit(args.stages)
+            settings["stages"] = "; ".join(
+                f"{stage[unit]} {unit}: {objective({t: stage[f'alpha_{t}'] for t in LOSS_TERMS})}"
+                for stage in args.stages
+            )
+        else:
+            settings["loss"] = objective(args.loss_weights())
+        settings["kd_loss"] = f"{args.kd_loss} (T={args.temperature}, T² scaling {'on' if args.kd_scale_by_t2 else 'off'})"
+        if args.uses("hidden"):
             settings["hidden_loss"] = args.hidden_loss
-        if args.alpha_attention > 0:
+        if args.uses("attention"):
             settings["attention_loss"] = f"{args.attention_loss} (post-softmax attention probabilities)"
+        if self.relations is not None:
+            settings["relations"] = (
+                f"{args.relations} KL, {self.relations.num_heads} relation heads, student layer "
+                f"{self.relations.student.layer} ↔ teacher layer {self.relations.teacher.layer}"
+            )
         if self.layer_pairs:
             settings["layer_map (student→teacher hidden states)"] = ", ".join(f"{s}→{t}" for s, t in self.layer_pairs)
         copied = getattr(self.model.config, "hfkd_teacher_layers", None)
