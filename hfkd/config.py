@@ -17,7 +17,7 @@ from transformers import TrainingArguments
 
 from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
-from hfkd.presets import PRESETS, apply_preset
+from hfkd.presets import PRESETS, apply_preset, preset_settings
 from hfkd.relations import parse_relations
 from hfkd.stages import LOSS_TERMS, WEIGHT_KEYS, loss_weights_at, parse_stages, stage_unit, total_length
 
@@ -266,6 +266,13 @@ class DistillationConfig(TrainingArguments):
         self.layer_mapping = _parse_layer_mapping(self.layer_mapping)
         if isinstance(self.teacher_model_init_kwargs, str):
             self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> DistillationConfig:
+        """A config with preset `name` where every keyword wins, even one equal to a field's default."""
+        config = cls(**{**preset_settings(name), **kwargs, "preset": None})
+        config.preset = name  # applied above; kept as a record for the model card
+        return config
 
     def _set_length_from_stages(self) -> None:
         """Validate `stages` and make the run as long as their sum (before Trainer reads the length)."""

@@ -1,11 +1,15 @@
 """Named presets that set a published recipe's distillation settings (`preset: tinybert`).
 
-A preset fills only the `DistillationConfig` fields still at their dataclass default: anything set
-to another value wins over it. A dataclass cannot tell "left at default" from "set to the default
-value", so a field explicitly set to its default is overwritten too; set it to the wanted value
-after construction, or pass a different value. Presets set the distillation objective only;
-optimisation settings (learning rate, batch size) and how to build the student are in each
-preset's `student` and `notes`, because they depend on the model sizes.
+Whatever the user sets explicitly wins over the preset:
+- recipes and the `hfkd` command (YAML keys and flags) know which keys were given, so exactly
+  those win, whatever their value;
+- `DistillationConfig.from_preset(name, **kwargs)` lets every keyword win the same way;
+- `DistillationConfig(preset=name, ...)` fills only the fields still at their dataclass default: a
+  dataclass cannot tell "left at default" from "set to the default value", so there a field set to
+  its default value (e.g. `alpha_hidden=0.0`) is taken by the preset; use `from_preset` for that.
+Presets set the distillation objective only; optimisation settings (learning rate, batch size)
+and how to build the student are in each preset's `student` and `notes`, because they depend on
+the model sizes.
 """
 
 from __future__ import annotations
@@ -100,16 +104,22 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def apply_preset(config: Any, name: str) -> list[str]:
-    """Set `PRESETS[name].settings` on the fields of `config` still at their default; return their names."""
+def preset_settings(name: str) -> dict[str, Any]:
+    """A fresh copy of the settings of preset `name` (config field -> value)."""
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} is not known; choose one of {sorted(PRESETS)}.")
+    return copy.deepcopy(PRESETS[name].settings)
+
+
+def apply_preset(config: Any, name: str) -> list[str]:
+    """Set preset `name` on the fields of `config` still at their default; return their names."""
+    settings = preset_settings(name)
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     applied = []
-    for key, value in PRESETS[name].settings.items():
+    for key, value in settings.items():
         if getattr(config, key) == defaults[key]:
-            setattr(config, key, copy.deepcopy(value))
+            setattr(config, key, value)
             applied.append(key)
-    kept = sorted(set(PRESETS[name].settings) - set(applied))
+    kept = sorted(set(settings) - set(applied))
     logger.info("preset %s set %s%s", name, applied, f"; kept your {kept}" if kept else "")
     return applied
