@@ -277,7 +277,8 @@ class DistillationTrainer(Trainer):
                 f"alpha_ce={weights['ce']} but the batch has no 'labels'; add a label column "
                 "(or a collator that makes labels) or set alpha_ce=0."
             )
-        want_hidden, want_attn, want_relation = weights["hidden"] > 0, weights["attention"] > 0, weights["relation"] > 0
+        want_hidden, want_attn = weights["hidden"] > 0, weights["attention"] > 0
+        want_relation = weights["relation"] > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
         with self.relations.student.capture() if want_relation else nullcontext() as student_qkv:
             outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
@@ -292,10 +293,9 @@ class DistillationTrainer(Trainer):
                     output_hidden_states=want_hidden,
                     output_attentions=want_attn,
                 )
-            if not self._checked_outputs:
-                if want_attn:
-                    require_attentions(outputs, "student")
-                    require_attentions(teacher_out, "teacher")
+            if want_attn and not self._checked_outputs:  # the first step with attention (stages may start without)
+                require_attentions(outputs, "student")
+                require_attentions(teacher_out, "teacher")
                 self._checked_outputs = True
 
         logits, labels_t, mask = self._aligned(outputs.logits, labels, inputs.get("attention_mask"))
@@ -450,7 +450,8 @@ class DistillationTrainer(Trainer):
             self._term_sums.clear()
             self._term_steps = 0
             if self.args.stages:  # 1-based stage of the last step logged
-                logs["stage"] = 1 + stage_index(self.args.stages, max(self.state.global_step - 1, 0), self.state.max_steps)
+                last_step = max(self.state.global_step - 1, 0)
+                logs["stage"] = 1 + stage_index(self.args.stages, last_step, self.state.max_steps)
         if "loss" in logs and self.args.nonfinite_loss == "skip":
             logs["skipped_updates"] = self.skipped_updates
         super().log(logs, start_time)
