@@ -253,6 +253,11 @@ class DistillationConfig(TrainingArguments):
             )
         if self.teacher_quantization is not None:
             _check_choice("teacher_quantization", self.teacher_quantization, TEACHER_QUANTIZATIONS)
+        if self.teacher_compile and self.uses("relation"):
+            raise ValueError(
+                "teacher_compile with alpha_relation > 0: the relation term hooks the teacher's attention "
+                "projections around each forward, which a compiled teacher would retrace; drop one of them."
+            )
         if not 0.0 <= self.teacher_min_agreement <= 1.0:
             raise ValueError(f"teacher_min_agreement must be in [0, 1], got {self.teacher_min_agreement}.")
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))

@@ -117,13 +117,6 @@ class DistillationTrainer(Trainer):
         self.dataset_names = list(dataset_names or [])
         self.layer_pairs = self._layer_pairs(model, teacher, args)
         self.projections = self._attach_projections(model, teacher, args)
-        self.relations = None
-        if teacher is not None and args.uses("relation"):
-            self.relations = RelationDistiller(
-                model, teacher, parse_relations(args.relations), args.relation_heads,
-                args.relation_student_layer, args.relation_teacher_layer, causal=is_causal_lm(model),
-            )
-
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
@@ -131,6 +124,12 @@ class DistillationTrainer(Trainer):
             self.data_collator = TeacherCacheCollator(self.data_collator)
         self.teacher_fidelity: dict[str, float] | None = None  # set when a cheaper teacher is measured
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        self.relations = None
+        if self.teacher is not None and args.uses("relation"):  # hooks go on the teacher that will run
+            self.relations = RelationDistiller(
+                model, self.teacher, parse_relations(args.relations), args.relation_heads,
+                args.relation_student_layer, args.relation_teacher_layer, causal=is_causal_lm(model),
+            )
         if self.projections is not None and self.args.world_size > 1:
             self._share_projections()
         self._student_inputs = _forward_arg_names(model)

@@ -195,6 +195,20 @@ def test_qk_relation_refuses_grouped_query_widths():
         RelationDistiller(student, teacher, ["qk"], num_heads=2)
 
 
+def test_hooks_go_on_the_quantized_teacher_that_runs(tmp_path, tiny_pair, tiny_dataset):
+    teacher, student = tiny_pair
+    args = config(tmp_path, teacher_quantization="int8_dynamic")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
+    assert trainer.relations.teacher.modules[0] is trainer.teacher.bert.encoder.layer[3].attention.self.query
+    trainer.train()
+    assert all(math.isfinite(h["relation_loss"]) for h in trainer.state.log_history if "relation_loss" in h)
+
+
+def test_compiled_teacher_is_refused_with_relations(tmp_path):
+    with pytest.raises(ValueError, match="teacher_compile with alpha_relation > 0"):
+        config(tmp_path, teacher_compile=True)
+
+
 @pytest.mark.parametrize("value", ["", "qq,qx", "q", "qq,qq"])
 def test_bad_relations_are_refused(value):
     with pytest.raises(ValueError, match="relations="):
