@@ -6,6 +6,8 @@ Every config key is also a flag: the YAML file only sets the parser's defaults, 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -95,11 +97,16 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """Parse `[--config C.yaml] [--flag value ...]` into the given dataclasses."""
+    """Parse `[--config C.yaml] [--flag value ...]` into the given dataclasses.
+
+    A `preset` (DistillationConfig) supplies defaults below the file's keys and the flags, so
+    every key the user gives wins over it, whatever its value.
+    """
     parser = HfArgumentParser(dataclass_types)
     parser.add_argument("--config", default=None, help="YAML file of defaults for any flag below.")
     argv = list(argv) if argv is not None else None
     known, _ = parser.parse_known_args(argv)
+    defaults: dict[str, Any] = {}
     if known.config:
         defaults = load_yaml_config(known.config)
         valid = {action.dest for action in parser._actions}
@@ -111,11 +118,34 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         for action in parser._actions:
             if action.dest in defaults:
                 action.required = False
-    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    namespace, rest = parser.parse_known_args(argv)
     if rest:
         raise ValueError(f"unrecognised arguments {rest}; see --help.")
-    # HfArgumentParser appends the leftover namespace (holding `config`): keep the dataclasses only.
-    return tuple(parsed[: len(dataclass_types)])
+    preset = getattr(namespace, "preset", None)
+    if preset is not None:
+        from hfkd.presets import preset_settings
+
+        given = set(defaults) | _flags_given(parser, argv)
+        for key, value in preset_settings(preset).items():
+            if key not in given:
+                setattr(namespace, key, value)
+        namespace.preset = None  # applied here; recorded on the config below
+    parsed = []
+    for dataclass_type in dataclass_types:
+        names = [f.name for f in dataclasses.fields(dataclass_type) if f.init]
+        instance = dataclass_type(**{name: getattr(namespace, name) for name in names})
+        if preset is not None and "preset" in names:
+            instance.preset = preset
+        parsed.append(instance)
+    return tuple(parsed)
+
+
+def _flags_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations set on the command line: argparse leaves attributes it did not see untouched."""
+    unset = object()
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    parsed, _ = parser.parse_known_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:

@@ -18,9 +18,12 @@ from transformers import TrainingArguments
 from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES
 from hfkd.multi_teacher import TEACHER_COMBINATIONS, check_teacher_weights
+from hfkd.presets import PRESETS, apply_preset, preset_settings
+from hfkd.relations import parse_relations
 from hfkd.schedules import SCHEDULES, check_schedule_settings
+from hfkd.stages import LOSS_TERMS, WEIGHT_KEYS, loss_weights_at, parse_stages, stage_unit, total_length
 
-LAYER_MAPPING_STRATEGIES = ("uniform", "last", "skip")
+LAYER_MAPPING_STRATEGIES = ("uniform", "pkd_skip", "last", "skip")
 PROJECTION_INITS = ("xavier", "normal", "identity")
 
 
@@ -29,8 +32,10 @@ class DistillationConfig(TrainingArguments):
     r"""Training arguments plus the distillation objective.
 
     The training loss is exactly
-    `alpha_ce * CE(student, labels) + alpha_kd * KD + alpha_hidden * HIDDEN + alpha_attention * ATTN`,
-    each term logged separately (`ce_loss`, `kd_loss`, `hidden_loss`, `attention_loss`).
+    `alpha_ce * CE(student, labels) + alpha_kd * KD + alpha_hidden * HIDDEN + alpha_attention * ATTN
+    + alpha_relation * RELATION`, each term logged separately (`ce_loss`, `kd_loss`, ...). With
+    `stages`, the weights are those of the stage the current step is in. `preset` fills the fields
+    left at their default with a published recipe's settings (see `hfkd.presets`).
 
     Layer indices in `layer_mapping` pairs are *hidden-state* indices: 0 is the embedding output and
     `i` is the output of the i-th transformer layer (as in `outputs.hidden_states`). Attention maps are
@@ -53,6 +58,13 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "Weight of the attention term: post-softmax attention probabilities "
             "(`output_attentions`), which needs eager attention; hfkd switches both models to it."
+        },
+    )
+    alpha_relation: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the self-attention relation term (MiniLM/MiniLMv2): KL between the "
+            "teacher's and student's softmax(X·Y^T/sqrt(d)) relations of Q/K/V (see `relations`)."
         },
     )
     kd_loss: str = field(
@@ -79,11 +91,36 @@ class DistillationConfig(TrainingArguments):
     attention_loss: str = field(
         default="mse", metadata={"help": f"Attention loss, one of {sorted(ATTENTION_LOSSES)}."}
     )
+    relations: str = field(
+        default="qq,kk,vv",
+        metadata={
+            "help": "Relations of the relation term, comma-separated pairs of q, k, v: 'qq,kk,vv' is "
+            "MiniLMv2, 'qk,vv' is MiniLM (attention distributions and value relation)."
+        },
+    )
+    relation_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Relation heads, the same for both models so widths may differ; must divide every "
+            "related q/k/v width. Default: the teacher's attention heads."
+        },
+    )
+    relation_teacher_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer (1-based) whose Q/K/V are related. Default: the last; MiniLMv2 "
+            "takes an upper-middle layer of large teachers."
+        },
+    )
+    relation_student_layer: int | None = field(
+        default=None, metadata={"help": "Student layer (1-based) whose Q/K/V are related. Default: the last."}
+    )
     layer_mapping: str = field(
         default="uniform",
         metadata={
             "help": "Student↔teacher layer pairs for hidden/attention losses: 'uniform' (TinyBERT: "
-            "student layer i ↔ teacher layer (i+1)*k-1, 0-based, k = teacher/student depth), 'last', "
+            "student layer i ↔ teacher layer (i+1)*k-1, 0-based, k = teacher/student depth), "
+            "'pkd_skip' (uniform without the last pair, Patient KD), 'last', "
             "'skip' (the teacher layers the student was copied from), or a JSON list of "
             "[student, teacher] hidden-state indices (0 = embedding output)."
         },
@@ -205,6 +242,22 @@ class DistillationConfig(TrainingArguments):
             "of the adapter (checkpoints keep the adapter, for resuming)."
         },
     )
+    stages: list | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train in stages (TinyBERT): a list (JSON on the command line) of dicts, each with "
+            "its length (`num_train_epochs` or `max_steps`, one unit for all) and `alpha_*` weights that "
+            "override the top-level ones during it. The run's length is the stages' sum; one learning-rate "
+            "schedule spans it; resuming works across stage boundaries."
+        },
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Published recipe whose distillation settings fill the fields left at their default: "
+            f"{sorted(PRESETS)} (hfkd.presets names each paper)."
+        },
+    )
     report_at_end: bool = field(
         default=False,
         metadata={
@@ -219,6 +272,10 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if cpu_only_multiprocess():
             self.use_cpu = True  # `accelerate launch --multi_gpu` without GPUs: DDP over gloo on the CPU
+        if self.preset is not None:
+            apply_preset(self, self.preset)
+        if self.stages is not None:
+            self._set_length_from_stages()
         super().__post_init__()
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number, got {self.temperature!r}.")
@@ -226,20 +283,19 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"temperature must be > 0, got {self.temperature}; typical values are 1 to 8."
             )
-        weights = {
-            "alpha_kd": self.alpha_kd,
-            "alpha_ce": self.alpha_ce,
-            "alpha_hidden": self.alpha_hidden,
-            "alpha_attention": self.alpha_attention,
-        }
-        for name, value in weights.items():
+        for name, value in self.base_loss_weights.items():
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
-        if all(value == 0 for value in weights.values()):
+        if self.stages is None and all(value == 0 for value in self.base_loss_weights.values()):
             raise ValueError(
-                "all loss weights (alpha_kd, alpha_ce, alpha_hidden, alpha_attention) are 0: "
-                "nothing would be trained; set at least one > 0."
+                f"all loss weights ({', '.join(WEIGHT_KEYS)}) are 0: nothing would be trained; "
+                "set at least one > 0."
             )
+        parse_relations(self.relations)
+        for name in ("relation_heads", "relation_teacher_layer", "relation_student_layer"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (layers are 1-based) or unset, got {value!r}.")
         _check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         _check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         _check_choice("attention_loss", self.attention_loss, ATTENTION_LOSSES)
@@ -271,6 +327,11 @@ class DistillationConfig(TrainingArguments):
                 )
         if self.teacher_quantization is not None:
             _check_choice("teacher_quantization", self.teacher_quantization, TEACHER_QUANTIZATIONS)
+        if self.teacher_compile and self.uses("relation"):
+            raise ValueError(
+                "teacher_compile with alpha_relation > 0: the relation term hooks the teacher's attention "
+                "projections around each forward, which a compiled teacher would retrace; drop one of them."
+            )
         if not 0.0 <= self.teacher_min_agreement <= 1.0:
             raise ValueError(f"teacher_min_agreement must be in [0, 1], got {self.teacher_min_agreement}.")
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
@@ -292,12 +353,56 @@ class DistillationConfig(TrainingArguments):
                     f"loss_weights_end={self.loss_weights_end!r} is not JSON; write e.g. '{{\"alpha_kd\": 0.2}}'."
                 ) from None
         check_schedule_settings(self)
+        if self.stages and self.loss_weight_schedule != "constant":
+            raise ValueError(
+                "stages and loss_weight_schedule both set the loss weights over the run: use one of them "
+                "(a temperature_schedule works with stages)."
+            )
         check_teacher_weights(self.teacher_weights, self.teacher_combination, self.kd_loss)
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> DistillationConfig:
+        """A config with preset `name` where every keyword wins, even one equal to a field's default."""
+        config = cls(**{**preset_settings(name), **kwargs, "preset": None})
+        config.preset = name  # applied above; kept as a record for the model card
+        return config
+
+    def _set_length_from_stages(self) -> None:
+        """Validate `stages` and make the run as long as their sum (before Trainer reads the length)."""
+        self.stages = parse_stages(self.stages, self.base_loss_weights)
+        unit, length = stage_unit(self.stages), total_length(self.stages)
+        if unit == "max_steps":
+            if self.max_steps > 0 and self.max_steps != length:
+                raise ValueError(
+                    f"max_steps={self.max_steps} disagrees with the stages' {length} steps; leave max_steps "
+                    "unset, the stages set the run's length."
+                )
+            self.max_steps = int(length)
+        else:
+            if self.max_steps > 0:
+                raise ValueError(
+                    f"max_steps={self.max_steps} would override the stages' {length} epochs; leave it unset "
+                    "or give the stages' lengths in max_steps."
+                )
+            self.num_train_epochs = length
+
+    @property
+    def base_loss_weights(self) -> dict[str, float]:
+        """The top-level weights by field name (`alpha_kd`, ...); stages override them."""
+        return {key: getattr(self, key) for key in WEIGHT_KEYS}
+
+    def loss_weights(self, step: int = 0, total_steps: int = 1) -> dict[str, float]:
+        """Weight of each term ('ce', 'kd', ...) at optimizer step `step` of a `total_steps` run."""
+        return loss_weights_at(self.base_loss_weights, self.stages, step, total_steps)
+
+    def uses(self, term: str) -> bool:
+        """Whether the `term` loss ('kd', 'hidden', ...) has a weight > 0 at some point of the run."""
+        return any(weights[f"alpha_{term}"] > 0 for weights in (self.stages or [self.base_loss_weights]))
 
     @property
     def needs_teacher(self) -> bool:
         """Whether any active term compares against the teacher (CE alone needs none)."""
-        return self.alpha_kd > 0 or self.alpha_hidden > 0 or self.alpha_attention > 0
+        return any(self.uses(term) for term in LOSS_TERMS if term != "ce")
 
 
 def cpu_only_multiprocess() -> bool:

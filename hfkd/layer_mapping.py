@@ -22,6 +22,8 @@ def resolve_layer_mapping(
 
     - `uniform` (TinyBERT): 0-based student layer i ↔ teacher layer (i+1)*k-1 with k = teacher
       depth // student depth, i.e. hidden states (i+1) ↔ (i+1)*k.
+    - `pkd_skip` (Patient KD, PKD-Skip): `uniform` without the last pair, whose knowledge the
+      logits carry.
     - `last`: the last layer of each model.
     - `skip`: student layer i ↔ the teacher layer it was copied from (`student_teacher_layers`,
       recorded by `create_student` as `config.hfkd_teacher_layers`).
@@ -63,6 +65,10 @@ def _strategy_pairs(
             )
         step = teacher_layers // student_layers
         return [(i + 1, (i + 1) * step) for i in range(student_layers)]
+    if strategy == "pkd_skip":
+        if student_layers < 2:
+            raise ValueError("layer_mapping='pkd_skip' needs a student of 2 or more layers (it leaves out the last).")
+        return _strategy_pairs("uniform", student_layers, teacher_layers, None)[:-1]
     if strategy == "last":
         return [(student_layers, teacher_layers)]
     if strategy == "skip":
@@ -83,4 +89,4 @@ def _strategy_pairs(
                 f"{teacher_layers}-layer teacher does not have."
             )
         return [(i + 1, t + 1) for i, t in enumerate(student_teacher_layers)]
-    raise ValueError(f"unknown layer_mapping strategy {strategy!r}; use 'uniform', 'last' or 'skip'.")
+    raise ValueError(f"unknown layer_mapping strategy {strategy!r}; use 'uniform', 'pkd_skip', 'last' or 'skip'.")

@@ -367,10 +367,23 @@ def hidden_pkd_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None
     return _reduce(_select(per_position, mask), "mean")
 
 
+def hidden_pkd_cls_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Patient KD as published (Sun et al. 2019, eq. 3): squared L2 distance between the
+    L2-normalised first-position ([CLS]) vectors, summed over features, averaged over examples.
+
+    `mask` is unused: position 0 is never padding.
+    """
+    _check_same_shape("hidden states", student, teacher)
+    s = F.normalize(student[:, 0].float(), dim=-1)
+    t = F.normalize(teacher[:, 0].float(), dim=-1)
+    return (s - t).pow(2).sum(-1).mean()
+
+
 HIDDEN_LOSSES: dict[str, Callable[..., Tensor]] = {
     "mse": hidden_mse_loss,
     "cosine": hidden_cosine_loss,
     "pkd": hidden_pkd_loss,
+    "pkd_cls": hidden_pkd_cls_loss,
 }
 
 # ---------------------------------------------------------------- attention losses
@@ -414,6 +427,68 @@ ATTENTION_LOSSES: dict[str, Callable[..., Tensor]] = {
     "mse": attention_mse_loss,
     "kl": attention_kl_loss,
 }
+
+# ---------------------------------------------------------------- self-attention relations (MiniLM)
+
+
+def relation_log_probs(
+    left: Tensor, right: Tensor, num_heads: int, mask: Tensor | None = None, causal: bool = False
+) -> Tensor:
+    """Log of the relation softmax(A_h B_h^T / sqrt(d_r)) of every relation head h.
+
+    `left`/`right` are [batch, seq, width] projections (e.g. Q and K) of one model, split into
+    `num_heads` relation heads of width d_r = width / num_heads. Keys on padding (`mask` 0) and,
+    with `causal`, keys after the query are left out of each row's softmax.
+    Returns [batch, heads, query, key].
+    """
+    batch, seq, width = left.shape
+    if right.shape[:2] != left.shape[:2] or width % num_heads or right.shape[-1] != width:
+        raise ValueError(
+            f"cannot relate {tuple(left.shape)} to {tuple(right.shape)} with {num_heads} relation heads: "
+            "both need the same width, divisible by relation_heads (with grouped-query attention, "
+            "Q and K/V differ in width: relate qq, kk, vv rather than qk)."
+        )
+    head_dim = width // num_heads
+    a = left.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)
+    b = right.float().reshape(batch, seq, num_heads, head_dim).transpose(1, 2)
+    scores = a @ b.transpose(-1, -2) / head_dim**0.5
+    allowed = torch.ones(batch, 1, seq, seq, dtype=torch.bool, device=scores.device)
+    if mask is not None:
+        allowed = allowed & mask.bool()[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(seq, seq, dtype=torch.bool, device=scores.device).tril()
+    # A fully masked row (a padded query) stays finite; it is dropped from the mean anyway.
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+def relation_kl_loss(
+    student: tuple[Tensor, Tensor],
+    teacher: tuple[Tensor, Tensor],
+    num_relation_heads: int,
+    mask: Tensor | None = None,
+    causal: bool = False,
+) -> Tensor:
+    """MiniLM/MiniLMv2 relation transfer: KL(teacher relation row || student relation row).
+
+    `student` and `teacher` are the (left, right) projections of each model, e.g. (Q, Q) for the
+    Q-Q relation or (Q, K) for MiniLM's attention distribution. Both models use the same number of
+    relation heads, so their widths may differ (MiniLMv2). The KL is summed over keys and averaged
+    over relation heads and valid query rows (`mask`: [batch, seq] attention mask).
+    """
+    log_s = relation_log_probs(*student, num_relation_heads, mask, causal)
+    with torch.no_grad():  # teacher tensors may come from inference mode: nothing of theirs is saved
+        log_t = relation_log_probs(*teacher, num_relation_heads, mask, causal)
+    if log_s.shape != log_t.shape:
+        raise ValueError(
+            f"student relations {tuple(log_s.shape)} and teacher relations {tuple(log_t.shape)} differ; "
+            "inputs must be the same sequences."
+        )
+    # Padded keys carry probability 0 in both rows: xlogy keeps their terms at exactly 0.
+    p_t = log_t.exp()
+    per_row = (torch.xlogy(p_t, p_t) - p_t * log_s).sum(-1)
+    return _reduce(_query_rows(per_row, mask), "mean")
+
 
 # ---------------------------------------------------------------- task loss
 

@@ -224,7 +224,7 @@ def load_teachers(model_args: ModelArguments, args: DistillationConfig, command:
         source = adapter_base_path(source)  # an adapter saved without its tokenizer: the base model's
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
-    if args.alpha_attention > 0:
+    if args.uses("attention"):
         kwargs.setdefault("attn_implementation", "eager")
     return [load_pretrained(_auto_class(model_args.task), path, **kwargs) for path in paths], tokenizer
 

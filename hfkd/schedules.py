@@ -29,7 +29,7 @@ SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
     "linear": lambda start, end, progress: start + (end - start) * progress,
     "cosine": lambda start, end, progress: end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0,
 }
-LOSS_WEIGHTS = ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention")
+LOSS_WEIGHTS = ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention", "alpha_relation")
 
 
 def schedule_value(kind: str, start: float, end: float, progress: float) -> float:

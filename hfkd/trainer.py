@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,7 +30,9 @@ from hfkd.layer_mapping import resolve_layer_mapping
 from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES, task_ce_loss
 from hfkd.multi_teacher import TeacherEnsemble, check_combination
 from hfkd.placement import DEVICE, prepare_teacher, teacher_placement
+from hfkd.relations import RelationDistiller, parse_relations
 from hfkd.schedules import DistillationSchedule
+from hfkd.stages import LOSS_TERMS, stage_index, stage_unit
 from hfkd.teacher_cache import (
     CACHE_COLUMNS,
     TEACHER_LOGITS,
@@ -111,12 +114,12 @@ class DistillationTrainer(Trainer):
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         cached = has_teacher_cache(train_dataset)
-        if cached and args.alpha_kd > 0:
+        if cached and args.uses("kd"):
             check_cache_fits(train_dataset, args.kd_loss, args.temperature)
-        representations = args.alpha_hidden > 0 or args.alpha_attention > 0
-        if not sources and (representations or (args.alpha_kd > 0 and not cached)):
+        representations = args.uses("hidden") or args.uses("attention") or args.uses("relation")
+        if not sources and (representations or (args.uses("kd") and not cached)):
             raise ValueError(
-                "alpha_kd/alpha_hidden/alpha_attention > 0 need a teacher: pass teacher_model=..., "
+                "alpha_kd/alpha_hidden/alpha_attention/alpha_relation > 0 need a teacher: pass teacher_model=..., "
                 "or (logit terms only) a train_dataset from hfkd.teacher_cache.load_teacher_cache, "
                 "or set those weights to 0 to train on the labels alone."
             )
@@ -125,7 +128,7 @@ class DistillationTrainer(Trainer):
         if args.needs_teacher and sources:
             teachers = [load_teacher(source, model, args) for source in sources]
             self._check_teachers(teachers, model, trainer_kwargs.get("processing_class"), teacher_processing_class)
-            if args.alpha_attention > 0:
+            if args.uses("attention"):
                 for m in (teachers[0], model):
                     m.set_attn_implementation("eager")
         teacher = teachers[0] if teachers else None
@@ -140,7 +143,6 @@ class DistillationTrainer(Trainer):
         self.dataset_names = list(dataset_names or [])
         self.layer_pairs = self._layer_pairs(model, teacher, args)
         self.projections = self._attach_projections(model, teacher, args)
-
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
@@ -150,6 +152,12 @@ class DistillationTrainer(Trainer):
         self._teacher_on_device = teacher_placement(self.accelerator) == DEVICE
         self.teachers = [self._prepare_teacher(t) for t in teachers]
         self.teacher = self.teachers[0] if self.teachers else None  # also the one hidden/attention terms use
+        self.relations = None
+        if self.teacher is not None and args.uses("relation"):  # hooks go on the teacher that will run
+            self.relations = RelationDistiller(
+                model, self.teacher, parse_relations(args.relations), args.relation_heads,
+                args.relation_student_layer, args.relation_teacher_layer, causal=is_causal_lm(model),
+            )
         # Under DeepSpeed/FSDP the engine owns the projections (a student submodule); under DDP, hfkd does.
         self._engine_owns_projections = not self._teacher_on_device
         self._syncs_projections = (
@@ -189,7 +197,7 @@ class DistillationTrainer(Trainer):
     def _layer_pairs(
         student: nn.Module, teacher: nn.Module | None, args: DistillationConfig
     ) -> list[tuple[int, int]]:
-        if teacher is None or (args.alpha_hidden == 0 and args.alpha_attention == 0):
+        if teacher is None or not (args.uses("hidden") or args.uses("attention")):
             return []
         pairs = resolve_layer_mapping(
             args.layer_mapping,
@@ -198,7 +206,7 @@ class DistillationTrainer(Trainer):
             include_embeddings=args.include_embeddings,
             student_teacher_layers=getattr(student.config, "hfkd_teacher_layers", None),
         )
-        if args.alpha_attention > 0 and not any(s > 0 and t > 0 for s, t in pairs):
+        if args.uses("attention") and not any(s > 0 and t > 0 for s, t in pairs):
             raise ValueError(
                 f"alpha_attention > 0 but layer_mapping {pairs} only pairs embedding outputs, which "
                 "have no attention maps; map at least one transformer layer."
@@ -215,7 +223,7 @@ class DistillationTrainer(Trainer):
         of the saved student. Checkpoints store them in `hfkd_projections.safetensors`, except under
         DeepSpeed/FSDP, whose own checkpoints (model and optimizer state) already hold them.
         """
-        if teacher is None or args.alpha_hidden == 0:
+        if teacher is None or not args.uses("hidden"):
             return None
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         if d_s == d_t:
@@ -320,29 +328,33 @@ class DistillationTrainer(Trainer):
             return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
         args = self.args
+        weights = self.current_loss_weights()
         labels = inputs.get("labels")
-        if args.alpha_ce > 0 and labels is None:
+        if weights["ce"] > 0 and labels is None:
             raise ValueError(
-                f"alpha_ce={args.alpha_ce} but the batch has no 'labels'; add a label column "
+                f"alpha_ce={weights['ce']} but the batch has no 'labels'; add a label column "
                 "(or a collator that makes labels) or set alpha_ce=0."
             )
-        want_hidden, want_attn = args.alpha_hidden > 0, args.alpha_attention > 0
+        want_hidden, want_attn = weights["hidden"] > 0, weights["attention"] > 0
+        want_relation = weights["relation"] > 0
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
-        outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
+        with self.relations.student.capture() if want_relation else nullcontext() as student_qkv:
+            outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
         # Cached teacher outputs: [logits], or [top-k log-probs, top-k ids] (hfkd.teacher_cache).
         cached = [inputs[name] for name in CACHE_COLUMNS if name in inputs]
         teacher_out = None
-        if self.teacher is not None and (want_hidden or want_attn or not cached):
-            with self._teacher_mode():
+        representations = want_hidden or want_attn or want_relation
+        if self.teacher is not None and (representations or (weights["kd"] > 0 and not cached)):
+            teacher_capture = self.relations.teacher.capture() if want_relation else nullcontext()
+            with self._teacher_mode(), teacher_capture as teacher_qkv:
                 teacher_out = self.teacher(
                     **_only(inputs, self._teacher_inputs[0], drop=("labels",)),
                     output_hidden_states=want_hidden,
                     output_attentions=want_attn,
                 )
-            if not self._checked_outputs:
-                if want_attn:
-                    require_attentions(outputs, "student")
-                    require_attentions(teacher_out, "teacher")
+            if want_attn and not self._checked_outputs:  # the first step with attention (stages may start without)
+                require_attentions(outputs, "student")
+                require_attentions(teacher_out, "teacher")
                 self._checked_outputs = True
 
         logits, labels_t, mask = self._aligned(outputs.logits, labels, inputs.get("attention_mask"))
@@ -352,21 +364,21 @@ class DistillationTrainer(Trainer):
         position_mask = inputs.get("attention_mask")
 
         terms: dict[str, torch.Tensor] = {}
-        if args.alpha_ce > 0:
+        if weights["ce"] > 0:
             ce_labels = labels_t if mask is None else labels_t[mask]
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
-        current = self.schedule.current  # temperature and weights of this step (hfkd.schedules)
-        if args.alpha_kd > 0:
+        temperature = self.schedule.current["temperature"]  # this step's (hfkd.schedules)
+        if weights["kd"] > 0:
             if TEACHER_TOPK_LOGPROBS in inputs:  # one teacher's top-k log-probs at the cache's temperature
                 targets, kd_losses = [self._aligned(t, None, None)[0] for t in cached], TOPK_KD_LOSSES
             else:
-                target = self._kd_target(inputs, teacher_out, logits.shape[-1], current["temperature"])
+                target = self._kd_target(inputs, teacher_out, logits.shape[-1], temperature)
                 targets, kd_losses = [self._aligned(target, None, None)[0]], KD_LOSSES
             terms["kd_loss"] = kd_losses[args.kd_loss](
                 logits,
                 *targets,
-                temperature=current["temperature"],
+                temperature=temperature,
                 mask=mask,
                 scale_by_t2=args.kd_scale_by_t2,
                 reduction="sum",
@@ -376,10 +388,12 @@ class DistillationTrainer(Trainer):
             terms["hidden_loss"] = self._hidden_term(outputs, teacher_out, position_mask)
         if want_attn:
             terms["attention_loss"] = self._attention_term(outputs, teacher_out, position_mask)
+        if want_relation:
+            terms["relation_loss"] = self.relations.loss(student_qkv, teacher_qkv, position_mask)
 
         loss = 0.0
         for name, value in terms.items():
-            weight = current["alpha_" + name.removesuffix("_loss")]
+            weight = weights[name.removesuffix("_loss")]
             normalised = per_item(value) if name in ("ce_loss", "kd_loss") else per_step(value)
             loss = loss + weight * normalised
         if self._is_finite(loss, terms):
@@ -399,6 +413,14 @@ class DistillationTrainer(Trainer):
             for teacher, accepted in zip(self.teachers[1:], self._teacher_inputs[1:]):
                 per_teacher.append(teacher(**_only(inputs, accepted, drop=("labels",))).logits)
         return self.ensemble.combine(per_teacher, temperature)
+
+    def current_loss_weights(self) -> dict[str, float]:
+        """Weight of each term ('ce', 'kd', 'hidden', 'attention', 'relation') for the step being
+        computed: the active stage's with `stages` (hfkd.stages), else the loss-weight schedule's
+        (hfkd.schedules; constant by default). compute_loss reads its weights only here."""
+        if self.args.stages:
+            return self.args.loss_weights(self.state.global_step, self.state.max_steps)
+        return {term: self.schedule.current[f"alpha_{term}"] for term in LOSS_TERMS}
 
     def _aligned(
         self, logits: torch.Tensor, labels: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -504,6 +526,9 @@ class DistillationTrainer(Trainer):
             self._term_sums.clear()
             self._term_steps = 0
             logs.update({name: self.schedule.current[name] for name in self.schedule.scheduled})
+            if self.args.stages:  # 1-based stage of the last step logged
+                last_step = max(self.state.global_step - 1, 0)
+                logs["stage"] = 1 + stage_index(self.args.stages, last_step, self.state.max_steps)
         if "loss" in logs and self.args.nonfinite_loss == "skip":
             logs["skipped_updates"] = self.skipped_updates
         super().log(logs, start_time)
@@ -586,15 +611,31 @@ class DistillationTrainer(Trainer):
     def distillation_settings(self) -> dict[str, Any]:
         """What the model card says about how this student was made."""
         args = self.args
-        settings: dict[str, Any] = {
-            "loss": " + ".join(f"{getattr(args, 'alpha_' + t)}·{t.upper()}" for t in ("ce", "kd", "hidden", "attention")
-                               if getattr(args, "alpha_" + t) > 0),
-            "kd_loss": f"{args.kd_loss} (T={args.temperature}, T² scaling {'on' if args.kd_scale_by_t2 else 'off'})",
-        }
-        if args.alpha_hidden > 0:
+
+        def objective(weights: dict[str, float]) -> str:
+            return " + ".join(f"{w}·{t.upper()}" for t, w in weights.items() if w > 0)
+
+        settings: dict[str, Any] = {}
+        if args.preset:
+            settings["preset"] = args.preset
+        if args.stages:
+            unit = stage_unit(args.stages)
+            settings["stages"] = "; ".join(
+                f"{stage[unit]} {unit}: {objective({t: stage[f'alpha_{t}'] for t in LOSS_TERMS})}"
+                for stage in args.stages
+            )
+        else:
+            settings["loss"] = objective(args.loss_weights())
+        settings["kd_loss"] = f"{args.kd_loss} (T={args.temperature}, T² scaling {'on' if args.kd_scale_by_t2 else 'off'})"
+        if args.uses("hidden"):
             settings["hidden_loss"] = args.hidden_loss
-        if args.alpha_attention > 0:
+        if args.uses("attention"):
             settings["attention_loss"] = f"{args.attention_loss} (post-softmax attention probabilities)"
+        if self.relations is not None:
+            settings["relations"] = (
+                f"{args.relations} KL, {self.relations.num_heads} relation heads, student layer "
+                f"{self.relations.student.layer} ↔ teacher layer {self.relations.teacher.layer}"
+            )
         if self.layer_pairs:
             settings["layer_map (student→teacher hidden states)"] = ", ".join(f"{s}→{t}" for s, t in self.layer_pairs)
         copied = getattr(self.model.config, "hfkd_teacher_layers", None)

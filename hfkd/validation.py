@@ -66,7 +66,7 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
     task = task_of(student)
     auto_class = TASK_AUTO_CLASSES[task][1] if task else AutoModel
     kwargs = dict(args.teacher_model_init_kwargs or {})
-    if args.alpha_attention > 0:
+    if args.uses("attention"):
         kwargs.setdefault("attn_implementation", "eager")
     try:
         return load_pretrained(auto_class, teacher, **kwargs)

@@ -78,7 +78,7 @@ def test_constant_schedules_change_and_log_nothing(tmp_path, tiny_pair, tiny_dat
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
     trainer.train()
     assert trainer.schedule.current == {"temperature": 4.0, "alpha_kd": 1.0, "alpha_ce": 0.5,
-                                        "alpha_hidden": 0.0, "alpha_attention": 0.0}
+                                        "alpha_hidden": 0.0, "alpha_attention": 0.0, "alpha_relation": 0.0}
     assert not any("temperature" in h for h in trainer.state.log_history)
 
 
