@@ -10,7 +10,9 @@ probability p by one candidate drawn at random.
 Differences from TinyBERT, on purpose: words of several word-pieces are left as they are
 (TinyBERT swaps them for GloVe neighbours; hfkd ships no word vectors), and so are words that are
 not alphabetic (punctuation, numbers); only the first text column of a pair is augmented, as
-TinyBERT's script does. Words are split on whitespace and re-joined with single spaces.
+TinyBERT's script does. Words are runs of letters and digits, punctuation apart (as BERT's basic
+tokenizer splits them); a copy changes only the replaced words, and a capitalised word's
+replacement is capitalised.
 
 `augment_dataset` is a batched `datasets.map`, deterministic for a seed (each row draws from its
 own generator, seeded by (seed, row index), whatever the batch size), cached by `datasets` under a
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +37,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, P
 
 logger = logging.getLogger(__name__)
 
+_WORD = re.compile(r"\w+|[^\w\s]")
 AUGMENTED_COLUMN = "hfkd_augmented"
 """0 for an original row, k for its k-th augmented copy."""
 
@@ -131,11 +135,14 @@ class _Augmenter:
             if index < len(allowed) and token.isalpha() and index not in specials:
                 allowed[index] = True
         self.allowed = allowed
+        self._single_piece: dict[str, bool] = {}
 
     def __call__(self, batch: dict[str, list], indices: list[int], text_column: str) -> dict[str, list]:
         settings = self.settings
         rows = len(indices)
-        words = [str(text).split() for text in batch[text_column]]
+        texts = [str(text) for text in batch[text_column]]
+        spans = [[match.span() for match in _WORD.finditer(text)] for text in texts]
+        words = [[text[start:end] for start, end in row] for text, row in zip(texts, spans)]
         generators = [np.random.default_rng([settings.seed, index]) for index in indices]
         # Decide first which words each copy replaces, then ask the MLM only about those.
         replace = [(rng.random((settings.copies, len(row))) < settings.probability) & self._eligible(row)
@@ -150,12 +157,16 @@ class _Augmenter:
                 out[AUGMENTED_COLUMN].append(copy_index)
                 if copy_index == 0:
                     continue
-                new_words = list(words[r])
-                for i in np.flatnonzero(replace[r][copy_index - 1]):
+                text = texts[r]
+                for i in np.flatnonzero(replace[r][copy_index - 1])[::-1]:  # right to left: spans stay valid
                     options = candidates.get((r, int(i)))
                     if options:
-                        new_words[i] = options[int(generators[r].integers(len(options)))]
-                out[text_column][-1] = " ".join(new_words)
+                        word = options[int(generators[r].integers(len(options)))]
+                        start, end = spans[r][i]
+                        if words[r][i][:1].isupper():
+                            word = word.capitalize()
+                        text = text[:start] + word + text[end:]
+                out[text_column][-1] = text
         return out
 
     def _eligible(self, words: list[str]) -> np.ndarray:
@@ -163,8 +174,10 @@ class _Augmenter:
         eligible = np.zeros(len(words), dtype=bool)
         for i, word in enumerate(words):
             if word.isalpha():
-                pieces = self.tokenizer.tokenize(word)
-                eligible[i] = len(pieces) == 1 and pieces[0] != self.tokenizer.unk_token
+                if word not in self._single_piece:
+                    pieces = self.tokenizer.tokenize(word)
+                    self._single_piece[word] = len(pieces) == 1 and pieces[0] != self.tokenizer.unk_token
+                eligible[i] = self._single_piece[word]
         return eligible
 
     def _candidates(self, words: list[list[str]], wanted: list[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
@@ -193,9 +206,8 @@ class _Augmenter:
                 for start in range(0, len(masked), self.batch_size):
                     chunk = self.tokenizer.pad({"input_ids": masked[start : start + self.batch_size]},
                                                return_tensors="pt")
-                    logits = self.mlm(**{k: v.to(device) for k, v in chunk.items()}).logits
-                    rows = torch.arange(logits.shape[0], device=device)
-                    at_mask = logits[rows, torch.tensor(positions[start : start + self.batch_size], device=device)]
+                    where = torch.tensor(positions[start : start + self.batch_size], device=device)
+                    at_mask = _logits_at(self.mlm, {k: v.to(device) for k, v in chunk.items()}, where)
                     at_mask = at_mask.float().cpu()[:, : len(self.allowed)]
                     at_mask[:, ~self.allowed[: at_mask.shape[1]]] = float("-inf")
                     top = at_mask.topk(self.settings.top_k, dim=-1)
@@ -204,6 +216,17 @@ class _Augmenter:
         finally:
             self.mlm.train(was_training)
         return result
+
+
+def _logits_at(mlm: PreTrainedModel, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """MLM logits at one position per row. For BERT/RoBERTa-style heads (`cls`, `lm_head`) the
+    vocabulary projection runs at those positions only, not over every token of the batch."""
+    rows = torch.arange(len(positions), device=positions.device)
+    head = getattr(mlm, "cls", None) or getattr(mlm, "lm_head", None)
+    if head is not None and mlm.base_model is not mlm:
+        hidden = mlm.base_model(**inputs).last_hidden_state
+        return head(hidden[rows, positions])
+    return mlm(**inputs).logits[rows, positions]
 
 
 def augment_train_split(
