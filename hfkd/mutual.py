@@ -35,8 +35,8 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from hfkd.config import DistillationConfig
 from hfkd.losses import KD_LOSSES, task_ce_loss
-from hfkd.trainer import _forward_arg_names, _only
-from hfkd.validation import is_causal_lm
+from hfkd.trainer import _only
+from hfkd.validation import forward_arg_names, is_causal_lm
 
 PEER_DIR = "peer{}"
 
@@ -79,6 +79,9 @@ class MutualDistillationConfig(DistillationConfig):
             raise ValueError(
                 "mutual learning compares the peers' logits only: set alpha_hidden and alpha_attention to 0."
             )
+        scheduled = [name for name in ("temperature_schedule", "loss_weight_schedule") if getattr(self, name) != "constant"]
+        if scheduled:
+            raise ValueError(f"{', '.join(scheduled)} is not supported by mutual learning: leave it 'constant'.")
         if self.peer_kd_weights is not None and any(
             not isinstance(w, (int, float)) or w < 0 for w in self.peer_kd_weights
         ):
@@ -113,7 +116,7 @@ class PeerEnsemble(nn.Module):
             raise ValueError(f"mutual learning needs at least 2 peers, got {len(peers)}.")
         self.peers = nn.ModuleList(peers)
         self.active_peer = 0
-        self._inputs = [_forward_arg_names(peer) for peer in peers]
+        self._inputs = [forward_arg_names(peer) for peer in peers]
 
     def forward(self, **inputs: Any) -> Any:
         if self.training:

@@ -111,6 +111,8 @@ def test_evaluation_per_peer_and_saved_layout(tmp_path):
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="alpha_hidden"):
         config(tmp_path, alpha_hidden=1.0)
+    with pytest.raises(ValueError, match="temperature_schedule"):
+        config(tmp_path, temperature_schedule="linear", temperature_end=1.0)
     with pytest.raises(ValueError, match="peer_kd_weights"):
         MutualDistillationTrainer(peers=peers(2), args=config(tmp_path, peer_kd_weights=[1.0]))
     with pytest.raises(ValueError, match="at least 2 peers"):
