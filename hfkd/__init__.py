@@ -17,6 +17,10 @@ _EXPORTS = {
     "distillation_metric": "hfkd.report",
     "build_teacher_cache": "hfkd.teacher_cache",
     "load_teacher_cache": "hfkd.teacher_cache",
+    "MutualDistillationConfig": "hfkd.mutual",
+    "MutualDistillationTrainer": "hfkd.mutual",
+    "BornAgainConfig": "hfkd.born_again",
+    "augment_dataset": "hfkd.augment",
 }
 
 __all__ = sorted(_EXPORTS)

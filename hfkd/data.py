@@ -121,6 +121,24 @@ class DataArguments:
         default="validation",
         metadata={"help": "Split to evaluate on, e.g. 'test' when a dataset has no validation split."},
     )
+    augment_copies: int = field(
+        default=0,
+        metadata={
+            "help": "TinyBERT data augmentation (sequence classification): add N copies of every training "
+            "example with words replaced by a masked LM's guesses (needs augment_mlm); 0 = off."
+        },
+    )
+    augment_mlm: Optional[str] = field(
+        default=None,
+        metadata={"help": "Masked LM (path or name) whose top-k guesses replace words in augmented copies."},
+    )
+    augment_prob: float = field(
+        default=0.4, metadata={"help": "Probability that an augmented copy replaces a given word (TinyBERT: 0.4)."}
+    )
+    augment_top_k: int = field(
+        default=15, metadata={"help": "Replacements are drawn from the MLM's top-k guesses (TinyBERT: 15)."}
+    )
+    augment_seed: int = field(default=42, metadata={"help": "Seed of the augmentation draws."})
 
     def __post_init__(self) -> None:
         files = (self.train_file, self.validation_file, self.test_file)
@@ -143,6 +161,25 @@ class DataArguments:
                 raise DataError(f"{name}={value} must be a positive integer")
         if not 0.0 < self.mlm_probability < 1.0:
             raise DataError(f"mlm_probability={self.mlm_probability} must be between 0 and 1")
+        if self.augment_copies < 0:
+            raise DataError(f"augment_copies={self.augment_copies} must be >= 0 (0 turns augmentation off)")
+        if self.augment_copies and not self.augment_mlm:
+            raise DataError("augment_copies > 0 needs augment_mlm: the path of a masked LM with a trained head")
+        if self.augment_copies:
+            self.augmentation_settings()  # validates prob and top_k
+
+    def augmentation_settings(self) -> Any:
+        """The `hfkd.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""
+        if not self.augment_copies:
+            return None
+        from hfkd.augment import AugmentationSettings
+
+        try:
+            return AugmentationSettings(copies=self.augment_copies, probability=self.augment_prob,
+                                        top_k=self.augment_top_k, seed=self.augment_seed,
+                                        max_length=self.max_seq_length)
+        except ValueError as error:
+            raise DataError(str(error)) from None
 
 
 def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
@@ -221,6 +258,10 @@ def prepare_classification_datasets(
     for split, dataset in _subsample(raw, args).items():
         if split not in labeled and args.label_column in dataset.column_names:
             dataset = dataset.remove_columns(args.label_column)
+        if split == "train" and args.augment_copies:
+            from hfkd.augment import augment_train_split
+
+            dataset = augment_train_split(dataset, text_column, args.augment_mlm, args.augmentation_settings())
         processed[split] = dataset.map(
             tokenize,
             batched=True,
@@ -259,6 +300,7 @@ def prepare_token_classification_datasets(
     else "ner_tags"/"tags"/...; tags may be strings of `label_list` or ids into it. Needs a fast
     tokenizer (for `word_ids`). Pad with `DataCollatorForTokenClassification`.
     """
+    _refuse_augmentation(args, "token classification")
     if not tokenizer.is_fast:
         raise DataError(
             f"token classification needs a fast tokenizer (word_ids), got {type(tokenizer).__name__}: "
@@ -321,6 +363,7 @@ def prepare_lm_datasets(
     """
     if task not in _LM_TASKS:
         raise ValueError(f"task={task!r}: use one of {', '.join(_LM_TASKS)}")
+    _refuse_augmentation(args, task)
     block_size = args.block_size or args.max_seq_length
     if block_size > tokenizer.model_max_length:
         raise DataError(
@@ -383,6 +426,13 @@ def build_data_collator(
     if task == "causal_lm":
         return default_data_collator  # blocks have equal length and carry their labels
     raise ValueError(f"unknown task {task!r}")
+
+
+def _refuse_augmentation(args: DataArguments, task: str) -> None:
+    if args.augment_copies:
+        raise DataError(
+            f"augment_copies is for sequence classification (word replacement would break {task} labels): unset it"
+        )
 
 
 def _load_hub(name: str, config: str | None) -> datasets.DatasetDict:

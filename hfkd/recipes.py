@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import sys
+from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 import torch
@@ -245,15 +246,9 @@ def build_peft_config(model_args: ModelArguments, args: DistillationConfig, task
                       target_modules=model_args.lora_target_modules, task_type=task_types.get(task))
 
 
-def run_distillation(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
-    """Distill the teacher(s) into a student on the task's data; returns the student's eval metrics."""
-    check_output_dir(args, model_args)
-    set_seed(args.seed)
-    task = model_args.task
-    teachers, tokenizer = load_teachers(model_args, args, "distillation")
+def match_teacher_labels(teachers: Sequence[PreTrainedModel], labels: list[str] | None) -> None:
+    """Refuse data whose label count differs from the (first) teacher's; name default-named classes after the data."""
     teacher = teachers[0]
-    raw = load_raw_datasets(data_args)
-    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config)
     if labels and len(labels) != teacher.config.num_labels:
         raise ValueError(
             f"the data has {len(labels)} labels {labels} but the teacher has num_labels="
@@ -263,6 +258,18 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     for unnamed in [t for t in teachers if labels and is_default_labels(t.config.id2label)]:
         unnamed.config.id2label = dict(enumerate(labels))
         unnamed.config.label2id = {label: i for i, label in enumerate(labels)}
+
+
+def run_distillation(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
+    """Distill the teacher(s) into a student on the task's data; returns the student's eval metrics."""
+    check_output_dir(args, model_args)
+    set_seed(args.seed)
+    task = model_args.task
+    teachers, tokenizer = load_teachers(model_args, args, "distillation")
+    teacher = teachers[0]
+    raw = load_raw_datasets(data_args)
+    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config)
+    match_teacher_labels(teachers, labels)
     student = build_student(model_args, teacher, task)
     check_sequence_length(data_args, *teachers, student)
     datasets = use_teacher_cache(teachers, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
@@ -384,5 +391,9 @@ def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrai
 def _cache_fingerprint_extra(tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:
     from hfkd.teacher_cache import tokenizer_sha256
 
-    return {"tokenizer_sha256": tokenizer_sha256(tokenizer), "max_length": data_args.max_seq_length,
-            "block_size": data_args.block_size}
+    extra = {"tokenizer_sha256": tokenizer_sha256(tokenizer), "max_length": data_args.max_seq_length,
+             "block_size": data_args.block_size}
+    if data_args.augment_copies:
+        # Augmented rows are other inputs: a cache of the plain train split must not serve them (nor the reverse).
+        extra["augmentation"] = {"mlm": data_args.augment_mlm, **asdict(data_args.augmentation_settings())}
+    return extra

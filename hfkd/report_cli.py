@@ -32,7 +32,7 @@ def saved_parameter_count(model_dir: str) -> int:
     return total
 
 
-def _eval_results(model_dir: str) -> dict[str, float]:
+def eval_results(model_dir: str) -> dict[str, float]:
     path = os.path.join(model_dir, "eval_results.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing: run the recipe to the end (it writes eval_results.json).")
@@ -43,11 +43,11 @@ def _eval_results(model_dir: str) -> dict[str, float]:
 def summarize(teacher_dir: str, students: Mapping[str, str], metric: str = "eval_accuracy",
               alpha: float = 0.5) -> dict[str, Any]:
     """Params, score and DM of a teacher and its students from their output folders, plus a Markdown table."""
-    teacher_params, teacher_score = saved_parameter_count(teacher_dir), _eval_results(teacher_dir)[metric]
+    teacher_params, teacher_score = saved_parameter_count(teacher_dir), eval_results(teacher_dir)[metric]
     rows = [{"name": "teacher", "path": teacher_dir, "params": teacher_params, "score": teacher_score,
              "distillation_metric": None}]
     for name, path in students.items():
-        params, score = saved_parameter_count(path), _eval_results(path)[metric]
+        params, score = saved_parameter_count(path), eval_results(path)[metric]
         rows.append({"name": name, "path": path, "params": params, "score": score,
                      "distillation_metric": distillation_metric(params, teacher_params, score, teacher_score, alpha)})
     lines = [f"| model | params | {metric} | kept of teacher | DM (α={alpha}) |", "|---|---:|---:|---:|---:|"]

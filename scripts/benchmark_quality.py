@@ -56,16 +56,27 @@ def pretrained_layers_student(path: str, teacher_dir: str) -> None:
     AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(path)
 
 
+def data_flags(data_dir: str) -> list[str]:
+    """Recipe flags for a GLUE folder's train.tsv/dev.tsv (runs are overwritten, finished ones skipped)."""
+    return ["--train_file", os.path.join(data_dir, "train.tsv"),
+            "--validation_file", os.path.join(data_dir, "dev.tsv"), "--overwrite_output_dir"]
+
+
+def ensure_teacher(teacher_dir: str, data: list[str], train_samples: int | None = None) -> None:
+    """Fine-tune the MiniLM-L6 teacher (recipes/configs/sst2_teacher.yaml) unless already done."""
+    if done(teacher_dir):
+        return
+    extra = ["--max_train_samples", str(train_samples)] if train_samples else []
+    run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"), "--output_dir",
+                              teacher_dir, *data, *extra], config_class=TrainingArguments)
+
+
 def main() -> None:
     options = parse()
     root = options.output_root
-    data = ["--train_file", os.path.join(options.data_dir, "train.tsv"),
-            "--validation_file", os.path.join(options.data_dir, "dev.tsv"), "--overwrite_output_dir"]
+    data = data_flags(options.data_dir)
     teacher_dir = os.path.join(root, "teacher")
-    if not done(teacher_dir):
-        extra = ["--max_train_samples", str(options.teacher_train_samples)] if options.teacher_train_samples else []
-        run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"), "--output_dir",
-                                  teacher_dir, *data, *extra], config_class=TrainingArguments)
+    ensure_teacher(teacher_dir, data, options.teacher_train_samples)
 
     init_dir = os.path.join(root, "init_pretrained_l3")
     if not os.path.isfile(os.path.join(init_dir, "config.json")):

@@ -1,0 +1,149 @@
+"""Self-distillation: born-again networks (Furlanello et al. 2018, "Born-Again Neural Networks").
+
+Generation 0 is the given (fine-tuned) teacher; generation k is a fresh student distilled from
+generation k-1, which it then replaces as the teacher of generation k+1. With a student of the
+teacher's own architecture this is born-again training; the students of every generation start
+from the same initialisation:
+
+- `student_model_name_or_path`: that checkpoint, reloaded for every generation (e.g. the
+  pretrained model the teacher was fine-tuned from);
+- `student_num_layers` / `student_layer_indices` / `student_hidden_size`: `create_student` from
+  generation 0 (a smaller student, distilled in a chain of generations);
+- neither: the teacher's architecture, randomly re-initialised (seeded), as in the paper.
+
+Generation k is saved in `output_dir/gen_k` (model, tokenizer, eval_results.json); the scores of
+every generation, the teacher's included, go to `output_dir/born_again.json` and `born_again.md`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel, set_seed
+
+from hfkd.config import DistillationConfig
+from hfkd.trainer import PROJECTIONS_ATTR
+
+GENERATION_DIR = "gen_{}"
+SUMMARY_NAME = "born_again"
+
+
+@dataclass
+class BornAgainConfig(DistillationConfig):
+    """`DistillationConfig` plus the number of born-again generations; every generation uses the
+    same objective (alpha_* terms, temperature) and the same training budget."""
+
+    generations: int = field(
+        default=2,
+        metadata={
+            "help": "Born-again generations to train after the teacher (generation 0); generation k is "
+            "distilled from generation k-1 and saved in output_dir/gen_k."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.generations, int) or isinstance(self.generations, bool) or self.generations < 1:
+            raise ValueError(f"generations must be an integer >= 1, got {self.generations!r}.")
+        if self.teacher_cache_dir:
+            raise ValueError(
+                "teacher_cache_dir caches one fixed teacher, but each born-again generation has a new one: unset it."
+            )
+
+
+def generation_dir(output_dir: str, generation: int) -> str:
+    return os.path.join(output_dir, GENERATION_DIR.format(generation))
+
+
+def run_born_again(model_args: Any, data_args: Any, args: BornAgainConfig) -> dict[str, Any]:
+    """Recipe: train `args.generations` generations; returns the summary (also written to output_dir)."""
+    from hfkd.arguments import resolve_model_path
+    from hfkd.data import build_data_collator, load_raw_datasets
+    from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
+    from hfkd.recipes import (
+        _dataset_names,
+        _finish,
+        _trainer_kwargs,
+        build_student,
+        check_output_dir,
+        check_sequence_length,
+        load_teachers,
+        match_teacher_labels,
+        prepare_task_data,
+    )
+    from hfkd.report import evaluate_model
+    from hfkd.trainer import DistillationTrainer
+
+    check_output_dir(args, model_args)
+    task = model_args.task
+    teachers, tokenizer = load_teachers(model_args, args, "born-again training")
+    if len(teachers) > 1:
+        raise ValueError("born-again training starts from one teacher (generation 0): give one "
+                         "teacher_model_name_or_path.")
+    teacher = teachers[0]
+    names = model_args.teacher_model_name_or_path
+    teacher_path = resolve_model_path(names if isinstance(names, str) else names[0])
+    datasets, labels = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teacher.config)
+    match_teacher_labels([teacher], labels)
+    check_sequence_length(data_args, teacher)
+    metric = DEFAULT_METRIC[task]
+    rows = []
+    if "validation" in datasets:
+        id2label = dict(enumerate(labels)) if labels else None
+        scores = evaluate_model(teacher, datasets["validation"], build_data_collator(tokenizer, data_args, task),
+                                build_compute_metrics(task, id2label=id2label), args.per_device_eval_batch_size)
+        rows.append({"generation": 0, "path": teacher_path, "teacher": None,
+                     **{f"eval_{k}": v for k, v in scores.items()}})
+
+    gen0, teacher_name = teacher, teacher_path
+    for generation in range(1, args.generations + 1):
+        set_seed(args.seed)  # every generation's student starts from the same initialisation
+        student = new_generation_student(model_args, gen0, task)
+        gen_args = copy.deepcopy(args)
+        gen_args.output_dir = generation_dir(args.output_dir, generation)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=gen_args, dataset_names=_dataset_names(data_args),
+            **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
+        )
+        metrics = _finish(trainer, task)
+        rows.append({"generation": generation, "path": gen_args.output_dir, "teacher": teacher_name, **metrics})
+        # The next generation distills from this one, as saved: without its width projections.
+        if hasattr(student, PROJECTIONS_ATTR):
+            delattr(student, PROJECTIONS_ATTR)
+        teacher, teacher_name = student, gen_args.output_dir
+        del trainer
+    summary = {"metric": f"eval_{metric}", "generations": rows, "settings": {"generations": args.generations}}
+    if args.should_save:
+        write_summary(summary, args.output_dir)
+    return summary
+
+
+def new_generation_student(model_args: Any, teacher: PreTrainedModel, task: str) -> PreTrainedModel:
+    """A fresh student: the given checkpoint or `create_student` spec, else the teacher's
+    architecture re-initialised (call `set_seed` first for a reproducible initialisation)."""
+    from hfkd.recipes import _auto_class, build_student
+
+    if (model_args.student_model_name_or_path or model_args.student_num_layers or model_args.student_layer_indices
+            or model_args.student_hidden_size):
+        return build_student(model_args, teacher, task)
+    return _auto_class(task).from_config(copy.deepcopy(teacher.config))
+
+
+def write_summary(summary: dict[str, Any], output_dir: str) -> None:
+    """born_again.json and a Markdown table of the generations' scores."""
+    from hfkd.report import atomic_write
+
+    metric = summary["metric"]
+    lines = [f"| generation | teacher | {metric} | model |", "|---:|---|---:|---|"]
+    for row in summary["generations"]:
+        score = row.get(metric)
+        shown = "–" if score is None else f"{score:.4f}"
+        teacher = "–" if row["teacher"] is None else os.path.basename(os.path.normpath(row["teacher"]))
+        lines.append(f"| {row['generation']} | {teacher} | {shown} | {row['path']} |")
+    summary = {**summary, "markdown": "\n".join(lines)}
+    atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".json"), json.dumps(summary, indent=2))
+    atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".md"), summary["markdown"] + "\n")

@@ -1,0 +1,399 @@
+"""Online distillation: deep mutual learning (Zhang et al. 2018, "Deep Mutual Learning").
+
+Two or more peers train together, with no pre-trained teacher: each peer's loss is its task loss
+plus the distance from its predictions to every other peer's *current* predictions,
+
+    L_i = alpha_ce·CE(p_i, y) + alpha_kd·w_i·mean_{j≠i} KD(p_i ‖ p_j.detach())
+
+with `KD` any loss of `hfkd.losses.KD_LOSSES` (`kd_loss`, `temperature`; DML's own choice is
+`kl` at T = 1). `MutualDistillationTrainer` is a `transformers.Trainer` over `PeerEnsemble`, one
+module holding every peer, so one optimizer, one schedule, Accelerate/DDP and checkpointing treat
+all peers as one model. `w_i` (`peer_kd_weights`, default 1) lets a peer ignore the others:
+`[1, 0]` over (student, teacher) is "a teacher trained alongside the student" that learns from the
+labels only, while the student distills from its live outputs.
+
+Saving: `output_dir` holds the first peer (the student: a plain `AutoModelFor*` checkpoint, which
+recipes, reports and `from_pretrained` read as usual) and `output_dir/peer{i}` each other peer.
+Evaluation measures every peer (`eval_peer{i}_*`) and repeats the first peer's metrics under the
+plain `eval_*` keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import can_return_loss, find_labels
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from hfkd.config import DistillationConfig
+from hfkd.losses import KD_LOSSES, task_ce_loss
+from hfkd.trainer import _only
+from hfkd.validation import forward_arg_names, is_causal_lm
+
+PEER_DIR = "peer{}"
+
+
+def peer_dir(output_dir: str, index: int) -> str:
+    """Where peer `index` is saved: the first peer in `output_dir` itself, the others in `peer{i}`."""
+    return output_dir if index == 0 else os.path.join(output_dir, PEER_DIR.format(index))
+
+
+@dataclass
+class MutualDistillationConfig(DistillationConfig):
+    """`DistillationConfig` for mutual learning: `alpha_ce`, `alpha_kd`, `kd_loss` and `temperature`
+    apply to every peer; hidden-state and attention terms have no meaning between peers."""
+
+    peer_model_name_or_path: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Mutual-learning recipe: checkpoints of the peers trained together with the student "
+            "(the student is peer 0, these are peers 1, 2, ...). Each is saved to output_dir/peer{i}."
+        },
+    )
+    train_teacher_alongside: bool = field(
+        default=False,
+        metadata={
+            "help": "Mutual-learning recipe: add teacher_model_name_or_path as the last peer, trained together "
+            "with the student (online distillation, no frozen teacher)."
+        },
+    )
+    peer_kd_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-peer multipliers of alpha_kd, in peer order (default: 1 for every peer). "
+            "0 for a peer makes it learn from the labels only, e.g. [1, 0] with train_teacher_alongside."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha_hidden > 0 or self.alpha_attention > 0:
+            raise ValueError(
+                "mutual learning compares the peers' logits only: set alpha_hidden and alpha_attention to 0."
+            )
+        scheduled = [name for name in ("temperature_schedule", "loss_weight_schedule") if getattr(self, name) != "constant"]
+        if scheduled:
+            raise ValueError(f"{', '.join(scheduled)} is not supported by mutual learning: leave it 'constant'.")
+        if self.peer_kd_weights is not None and any(
+            not isinstance(w, (int, float)) or w < 0 for w in self.peer_kd_weights
+        ):
+            raise ValueError(f"peer_kd_weights must be numbers >= 0, got {self.peer_kd_weights}.")
+        if self.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end is not supported with mutual learning (peers are saved in "
+                "separate folders): keep the last model, or pick a checkpoint by its eval_peer*_ metrics."
+            )
+
+
+@dataclass
+class PeerEnsembleOutput(ModelOutput):
+    """Training forward: the logits of every peer, in peer order."""
+
+    peer_logits: tuple[torch.Tensor, ...] | None = None
+
+
+class PeerEnsemble(nn.Module):
+    """The peers as one module: Trainer, its optimizer and DDP see a single model.
+
+    In training mode `forward` runs every peer (each gets the inputs its own forward accepts) and
+    returns their logits; in eval mode it runs `active_peer` alone and returns that peer's output,
+    so evaluation and prediction measure one peer at a time.
+    """
+
+    accepts_loss_kwargs = False  # Trainer then divides the loss by the accumulation steps itself
+
+    def __init__(self, peers: Sequence[PreTrainedModel]) -> None:
+        super().__init__()
+        if len(peers) < 2:
+            raise ValueError(f"mutual learning needs at least 2 peers, got {len(peers)}.")
+        self.peers = nn.ModuleList(peers)
+        self.active_peer = 0
+        self._inputs = [forward_arg_names(peer) for peer in peers]
+
+    def forward(self, **inputs: Any) -> Any:
+        if self.training:
+            return PeerEnsembleOutput(
+                peer_logits=tuple(peer(**_only(inputs, names)).logits for peer, names in zip(self.peers, self._inputs))
+            )
+        return self.peers[self.active_peer](**_only(inputs, self._inputs[self.active_peer]))
+
+
+class MutualDistillationTrainer(Trainer):
+    """Trainer for deep mutual learning between `peers` (the first one is "the student").
+
+    Args:
+        peers: two or more models with the same task head and label set (sizes may differ).
+        args: a `MutualDistillationConfig` (or `DistillationConfig`: every peer gets kd weight 1).
+        Every other argument is `transformers.Trainer`'s; `model` is not accepted (give `peers`).
+    """
+
+    def __init__(
+        self, peers: Sequence[PreTrainedModel], args: DistillationConfig, *trainer_args: Any, **trainer_kwargs: Any
+    ) -> None:
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be an hfkd.MutualDistillationConfig, got {type(args).__name__}.")
+        if args.alpha_hidden > 0 or args.alpha_attention > 0:
+            raise ValueError(
+                "mutual learning compares the peers' logits only: set alpha_hidden and alpha_attention to 0."
+            )
+        if "model" in trainer_kwargs:
+            raise TypeError("MutualDistillationTrainer takes `peers=[...]`, not `model=`.")
+        ensemble = peers if isinstance(peers, PeerEnsemble) else PeerEnsemble(list(peers))
+        _check_peers(ensemble.peers)
+        weights = getattr(args, "peer_kd_weights", None) or [1.0] * len(ensemble.peers)
+        if len(weights) != len(ensemble.peers):
+            raise ValueError(
+                f"peer_kd_weights has {len(weights)} entries for {len(ensemble.peers)} peers: give one per peer."
+            )
+        self.peer_kd_weights = [float(w) for w in weights]
+        super().__init__(ensemble, args, *trainer_args, **trainer_kwargs)
+        # Trainer reads label names and loss support off the model class: take them from the first peer.
+        first = type(ensemble.peers[0])
+        self.label_names = find_labels(first) if args.label_names is None else args.label_names
+        self.can_return_loss = can_return_loss(first)
+        self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
+        self._term_steps = 0
+
+    @property
+    def peers(self) -> nn.ModuleList:
+        return self.accelerator.unwrap_model(self.model).peers
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The ensemble's forward takes **inputs: keep the columns any peer's forward accepts.
+        if self._signature_columns is None:
+            accepted = set().union(*self.accelerator.unwrap_model(self.model)._inputs)
+            self._signature_columns = sorted(accepted | {"label", "label_ids", *self.label_names})
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if not model.training:
+            outputs = model(**inputs)
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+        args = self.args
+        labels = inputs.get("labels")
+        if args.alpha_ce > 0 and labels is None:
+            raise ValueError(
+                f"alpha_ce={args.alpha_ce} but the batch has no 'labels'; add a label column or set alpha_ce=0."
+            )
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        mask = None if labels is None or labels.dim() == 1 else labels.ne(-100)
+        loss = 0.0
+        for i, (logits, kd_weight) in enumerate(zip(outputs.peer_logits, self.peer_kd_weights)):
+            terms = {}
+            if args.alpha_ce > 0:
+                terms["ce_loss"] = args.alpha_ce * task_ce_loss(logits, labels, reduction="mean")
+            if args.alpha_kd > 0 and kd_weight > 0:
+                terms["kd_loss"] = args.alpha_kd * kd_weight * mutual_kd_loss(logits, outputs.peer_logits, i, args, mask)
+            for name, value in terms.items():
+                loss = loss + value
+                self._term_sums[f"peer{i}_{name}"] += value.detach()
+        self._term_steps += 1
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"non-finite mutual-learning loss at step {self.state.global_step + 1}: lower the learning "
+                "rate or temperature, or check the inputs."
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add each peer's weighted loss terms (`peer{i}_ce_loss`, `peer{i}_kd_loss`) to training logs."""
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                logs[name] = round(float(total) / self._term_steps, 6)
+            self._term_sums.clear()
+            self._term_steps = 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Evaluate each peer alone (`eval_peer{i}_*`); the first peer's metrics also under `eval_*`."""
+        ensemble = self.accelerator.unwrap_model(self.model)
+        metrics: dict[str, float] = {}
+        try:
+            for i in range(len(ensemble.peers)):
+                ensemble.active_peer = i
+                metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_peer{i}"))
+        finally:
+            ensemble.active_peer = 0
+        first = f"{metric_key_prefix}_peer0_"
+        metrics.update({f"{metric_key_prefix}_{k[len(first):]}": v for k, v in list(metrics.items()) if k.startswith(first)})
+        return metrics
+
+    # ------------------------------------------------------------------ saving and resuming
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Each peer as its own `save_pretrained` folder (see `peer_dir`), with the tokenizer."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        for i, peer in enumerate(self.peers):
+            folder = peer_dir(output_dir, i)
+            prefix = f"peers.{i}."
+            own = None if state_dict is None else {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            peer.save_pretrained(folder, state_dict=own)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(folder)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Load every peer from its folder of a checkpoint written by `_save`."""
+        ensemble = self.accelerator.unwrap_model(model or self.model)
+        for i, peer in enumerate(ensemble.peers):
+            path = os.path.join(peer_dir(resume_from_checkpoint, i), "model.safetensors")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"checkpoint {resume_from_checkpoint} has no weights for peer {i} ({path}): it was not "
+                    f"written by a MutualDistillationTrainer with {len(ensemble.peers)} peers."
+                )
+            missing, unexpected = peer.load_state_dict(load_file(path), strict=False)
+            tied = set(_tied_parameter_names(peer))
+            if unexpected or set(missing) - tied:
+                raise ValueError(
+                    f"peer {i} does not match {path}: missing {sorted(set(missing) - tied)[:3]}, unexpected "
+                    f"{sorted(unexpected)[:3]}; resume with the same peers."
+                )
+
+
+def mutual_kd_loss(
+    logits: torch.Tensor,
+    peer_logits: Sequence[torch.Tensor],
+    index: int,
+    args: DistillationConfig,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over the other peers j of KD(peer `index` ‖ peer j), each target detached (a fixed label)."""
+    loss_fn = KD_LOSSES[args.kd_loss]
+    values = [
+        loss_fn(
+            logits,
+            other.detach(),
+            temperature=args.temperature,
+            mask=mask,
+            scale_by_t2=args.kd_scale_by_t2,
+            reduction="mean",
+            beta=args.jsd_beta,
+        )
+        for j, other in enumerate(peer_logits)
+        if j != index
+    ]
+    return torch.stack(values).mean()
+
+
+def _check_peers(peers: Sequence[nn.Module]) -> None:
+    for i, peer in enumerate(peers):
+        if is_causal_lm(peer):
+            raise ValueError(
+                f"peer {i} is a causal LM: mutual learning supports classification and masked-LM heads "
+                "(no label shifting); use DistillationTrainer for causal LMs."
+            )
+    classes = {getattr(peer.config, "num_labels", None) for peer in peers if hasattr(peer, "config")}
+    if len(classes) > 1:
+        raise ValueError(f"peers disagree on num_labels ({sorted(classes)}): give every peer the same label set.")
+
+
+def _tied_parameter_names(model: nn.Module) -> list[str]:
+    """Names of tensors that share storage with another name (save_pretrained writes only one of them)."""
+    names_by_storage: dict[int, list[str]] = defaultdict(list)
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names_by_storage[tensor.data_ptr()].append(name)
+    return [name for names in names_by_storage.values() if len(names) > 1 for name in names]
+
+
+# ---------------------------------------------------------------- recipe (`recipes/distill_mutual.py`)
+
+
+def run_mutual_learning(model_args: Any, data_args: Any, args: MutualDistillationConfig) -> dict[str, float]:
+    """Recipe: the student (peer 0) and its peers trained together; returns the student's eval metrics.
+
+    The student comes from `student_model_name_or_path` or is built from the teacher like in
+    `hfkd distill`; peers 1, 2, ... are `peer_model_name_or_path`, then the teacher when
+    `train_teacher_alongside`. Without a teacher, labels come from the data.
+    """
+    from transformers import AutoTokenizer, set_seed
+
+    from hfkd.arguments import resolve_model_path
+    from hfkd.data import load_raw_datasets
+    from hfkd.recipes import (
+        _auto_class,
+        _finish,
+        _trainer_kwargs,
+        build_student,
+        check_output_dir,
+        check_sequence_length,
+        load_teachers,
+        match_teacher_labels,
+        prepare_task_data,
+    )
+
+    if args.report_at_end:
+        raise ValueError("report_at_end needs a frozen teacher: run `hfkd report` on output_dir after mutual learning.")
+    if args.train_teacher_alongside and not model_args.teacher_model_name_or_path:
+        raise ValueError("train_teacher_alongside needs teacher_model_name_or_path.")
+    if not args.peer_model_name_or_path and not args.train_teacher_alongside:
+        raise ValueError(
+            "mutual learning needs at least one peer besides the student: set peer_model_name_or_path "
+            "and/or train_teacher_alongside."
+        )
+    check_output_dir(args, model_args)
+    set_seed(args.seed)
+    task = model_args.task
+    auto_class = _auto_class(task)
+    remote = {"trust_remote_code": model_args.trust_remote_code}
+    teacher = None
+    if model_args.teacher_model_name_or_path:
+        teachers, tokenizer = load_teachers(model_args, args, "mutual learning")
+        if len(teachers) > 1:
+            raise ValueError("mutual learning takes one teacher_model_name_or_path (to build the student from or "
+                             "train alongside); give other models as peer_model_name_or_path.")
+        teacher = teachers[0]
+    elif model_args.student_model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_args.student_model_name_or_path), **remote)
+    else:
+        raise ValueError("mutual learning needs student_model_name_or_path (or a teacher to build the student from).")
+    raw = load_raw_datasets(data_args)
+    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config if teacher else None)
+    label_kwargs: dict[str, Any] = {}
+    if teacher is not None:
+        match_teacher_labels([teacher], labels)
+        if labels:
+            label_kwargs = {"num_labels": teacher.config.num_labels, "id2label": teacher.config.id2label,
+                            "label2id": teacher.config.label2id}
+    elif labels:
+        label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                        "label2id": {label: i for i, label in enumerate(labels)}}
+
+    def load(path: str) -> PreTrainedModel:
+        return auto_class.from_pretrained(resolve_model_path(path), **remote, **label_kwargs)
+
+    if teacher is not None:
+        student = build_student(model_args, teacher, task)
+    elif model_args.student_model_name_or_path:
+        student = load(model_args.student_model_name_or_path)
+    else:
+        raise ValueError("no student: set student_model_name_or_path, or a teacher to build the student from.")
+    peers = [student, *(load(path) for path in args.peer_model_name_or_path)]
+    if args.train_teacher_alongside:
+        peers.append(teacher)
+    check_sequence_length(data_args, *peers)
+    trainer = MutualDistillationTrainer(
+        peers=peers, args=args, **_trainer_kwargs(task, datasets, tokenizer, data_args, labels)
+    )
+    return _finish(trainer, task)

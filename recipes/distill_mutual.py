@@ -1,0 +1,14 @@
+"""Deep mutual learning: the student and its peers (or a teacher trained alongside) learn together.
+
+    python recipes/distill_mutual.py --config recipes/configs/<config>.yaml \
+        --peer_model_name_or_path PEER [PEER ...] [--train_teacher_alongside] [--flag value ...]
+"""
+
+import sys
+
+from hfkd.mutual import MutualDistillationConfig, run_mutual_learning
+from hfkd.recipes import finish_process, main
+
+if __name__ == "__main__":
+    main(run_mutual_learning, sys.argv[1:], config_class=MutualDistillationConfig)
+    finish_process()

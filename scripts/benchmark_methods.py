@@ -1,0 +1,223 @@
+"""Distillation families against plain logit KD: same 3-layer student, same data, same steps.
+
+    python scripts/benchmark_methods.py --task sst2 [--train_size 20000] [--epochs 2] [--output_root outputs/methods]
+    python scripts/benchmark_methods.py --task mrpc          # or rte: the full train split by default
+
+Every student starts from layers 0, 2, 4 of the fine-tuned MiniLM-L6 teacher (like
+recipes/configs/sst2_minilm_l3.yaml) and trains for the same number of optimizer steps with the
+same hyper-parameters (that config's), on the same seeded subsample:
+
+- no_teacher: fine-tuning alone (CE);            - logit_kd: 0.2·CE + 0.8·KD(T=2), the reference;
+- mutual: deep mutual learning with a second 3-layer peer (teacher layers 1, 3, 5), no teacher (T=1, as DML);
+- online_teacher: a 6-layer MiniLM *not* fine-tuned, trained alongside the student (mutual learning, T=1);
+- born_again: 2 generations of the 3-layer student, generation 0 being no_teacher (same architecture);
+- augment_kd: logit KD on TinyBERT-augmented data (`--augment_copies` copies per example; the MLM is
+  `--augment_mlm`, by default MiniLM-L6 with an MLM head fitted on WikiText-2, built here). Building
+  the copies costs one MLM forward per replaced word (cached by `datasets` for reruns);
+- `--method NAME="--flag value ..."`: logit KD plus any DistillationConfig overrides (e.g. the
+  relation, two-stage or preset options), also `CONFIG_OVERRIDE_METHODS` below.
+
+Writes methods.json and methods.md (dev score, parameters, size, DM and the difference to plain KD)
+in output_root/<task>; finished runs are reused on a rerun. Nothing is tuned on the dev set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+from typing import Any, Callable
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+from benchmark_quality import CONFIGS, PRETRAINED, ROOT, data_flags, done, ensure_teacher
+from hfkd import create_student, distillation_metric
+from hfkd.born_again import BornAgainConfig, generation_dir, run_born_again
+from hfkd.mutual import MutualDistillationConfig, run_mutual_learning
+from hfkd.recipes import main as run_recipe
+from hfkd.recipes import run_distillation, run_finetune
+from hfkd.report import safetensors_size
+from hfkd.report_cli import eval_results, saved_parameter_count
+
+DATA = os.path.join(ROOT, "..", "shared", "data")
+# Column flags per GLUE task (the recipe configs are SST-2's); train_size None = the full train split.
+TASKS: dict[str, dict[str, Any]] = {
+    "sst2": {"columns": ["--text_column", "sentence", "--label_column", "label"], "train_size": 20000},
+    "mrpc": {"columns": ["--text_column", "#1 String", "--text_pair_column", "#2 String", "--label_column",
+                         "Quality"], "train_size": None},
+    "rte": {"columns": ["--text_column", "sentence1", "--text_pair_column", "sentence2", "--label_column",
+                        "label"], "train_size": None},
+}
+# Methods that are logit KD plus config overrides, e.g. {"relation": ["--alpha_relation", "1.0"]} once
+# DistillationConfig has those options; `--method NAME="..."` adds more from the command line.
+CONFIG_OVERRIDE_METHODS: dict[str, list[str]] = {}
+STEPS_NOTE = {"mutual": "2 models trained", "online_teacher": "6-layer teacher trained too",
+              "born_again": "2 generations: 2x the steps", "augment_kd": "augmented data"}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), default="sst2")
+    parser.add_argument("--data_dir", default=None, help="GLUE folder with train.tsv/dev.tsv (default: shared data).")
+    parser.add_argument("--output_root", default="outputs/methods")
+    parser.add_argument("--teacher_dir", default=None, help="A fine-tuned teacher (default: fine-tune one here).")
+    parser.add_argument("--teacher_train_samples", type=int, default=None, help="Default: the full train split.")
+    parser.add_argument("--train_size", type=int, default=None, help="Student training examples (task default).")
+    parser.add_argument("--epochs", type=float, default=2.0, help="Sets the step count: epochs over train_size.")
+    parser.add_argument("--max_steps", type=int, default=None, help="Overrides --epochs.")
+    parser.add_argument("--methods", nargs="+", default=None, help="Run only these rows (default: all).")
+    parser.add_argument("--method", action="append", default=[], metavar='NAME="--flag value ..."',
+                        help="Extra row: logit KD plus these DistillationConfig flags (repeatable).")
+    parser.add_argument("--augment_mlm", default=None, help="Masked LM for augment_kd (default: built here).")
+    parser.add_argument("--augment_copies", type=int, default=4)
+    parser.add_argument("--mlm_steps", type=int, default=300, help="Steps of the MLM-head fit when building one.")
+    parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the distillation metric.")
+    return parser.parse_args()
+
+
+def save_layers_student(path: str, teacher_dir: str, layers: list[int]) -> None:
+    """A 3-layer student: the given layers and the head of the fine-tuned teacher (create_student)."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    create_student(teacher, layer_indices=layers).save_pretrained(path)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(path)
+
+
+def build_mlm(path: str, steps: int) -> str:
+    """MiniLM-L6 with an MLM head fitted on WikiText-2 (no masked LM ships offline with hfkd)."""
+    if not done(path):
+        run_recipe(run_finetune, [
+            "--task", "masked_lm", "--model_name_or_path", PRETRAINED, "--output_dir", path, "--overwrite_output_dir",
+            "--train_file", os.path.join(DATA, "wikitext2", "valid.txt"),
+            "--validation_file", os.path.join(DATA, "wikitext2", "test.txt"), "--max_eval_samples", "200",
+            "--max_seq_length", "128", "--max_steps", str(steps), "--per_device_train_batch_size", "32",
+            "--learning_rate", "5e-4", "--warmup_steps", "0.06", "--report_to", "none", "--save_strategy", "no",
+            "--logging_steps", "50"], config_class=TrainingArguments)
+    return path
+
+
+def main() -> None:
+    options = parse()
+    task = TASKS[options.task]
+    root = os.path.join(options.output_root, options.task)
+    data = [*data_flags(options.data_dir or os.path.join(DATA, options.task)), *task["columns"]]
+    teacher_dir = options.teacher_dir or os.path.join(root, "teacher")
+    ensure_teacher(teacher_dir, data, options.teacher_train_samples)
+    init, peer_init = os.path.join(root, "init_l3_024"), os.path.join(root, "init_l3_135")
+    save_layers_student(init, teacher_dir, [0, 2, 4])
+    save_layers_student(peer_init, teacher_dir, [1, 3, 5])
+
+    train_size = options.train_size or task["train_size"]
+    rows = train_size or _train_rows(data)
+    steps = options.max_steps or math.ceil(options.epochs * math.ceil(rows / 32))
+    student = [*data, "--max_steps", str(steps), "--seed", "42",
+               *(["--max_train_samples", str(train_size)] if train_size else [])]
+    kd = ["--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"), "--teacher_model_name_or_path", teacher_dir,
+          "--student_model_name_or_path", init, "--alpha_hidden", "0", *student]
+    out = {name: os.path.join(root, name) for name in ("no_teacher", "logit_kd", "mutual", "online_teacher",
+                                                        "born_again", "augment_kd")}
+
+    def no_teacher() -> str:
+        run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"), "--model_name_or_path",
+                                  init, "--output_dir", out["no_teacher"], *student], config_class=TrainingArguments)
+        return out["no_teacher"]
+
+    def distill(name: str, extra: list[str]) -> Callable[[], str]:
+        def run() -> str:
+            run_recipe(run_distillation, [*kd, "--output_dir", os.path.join(root, name), *extra])
+            return os.path.join(root, name)
+        return run
+
+    def mutual(name: str, extra: list[str]) -> Callable[[], str]:
+        def run() -> str:
+            run_recipe(run_mutual_learning, [*kd, "--output_dir", out[name], *extra],
+                       config_class=MutualDistillationConfig)
+            return out[name]
+        return run
+
+    def born_again() -> str:
+        # Generation 0 is the no-teacher twin: born-again training never sees the 6-layer teacher.
+        if not done(out["no_teacher"]):
+            no_teacher()
+        flags = [*kd, "--teacher_model_name_or_path", out["no_teacher"], "--generations", "2",
+                 "--output_dir", out["born_again"]]
+        run_recipe(run_born_again, flags, config_class=BornAgainConfig)
+        return generation_dir(out["born_again"], 2)
+
+    def augment_kd() -> str:
+        mlm = options.augment_mlm or build_mlm(os.path.join(options.output_root, "mlm_minilm_wikitext2"),
+                                               options.mlm_steps)
+        return distill("augment_kd", ["--augment_copies", str(options.augment_copies), "--augment_mlm", mlm])()
+
+    methods: dict[str, Callable[[], str]] = {
+        "no_teacher": no_teacher,
+        "logit_kd": distill("logit_kd", []),
+        "mutual": mutual("mutual", ["--peer_model_name_or_path", peer_init, "--temperature", "1"]),
+        "online_teacher": mutual("online_teacher", ["--teacher_model_name_or_path", PRETRAINED,
+                                                    "--train_teacher_alongside", "--temperature", "1"]),
+        "born_again": born_again,
+        "augment_kd": augment_kd,
+    }
+    extra_methods = {**CONFIG_OVERRIDE_METHODS, **dict(_method_option(m) for m in options.method)}
+    methods.update({name: distill(name, flags) for name, flags in extra_methods.items()})
+    chosen = options.methods or list(methods)
+    unknown = sorted(set(chosen) - set(methods) - {"teacher"})
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {sorted(methods)}")
+    paths = {}
+    for name in chosen:
+        path = generation_dir(out["born_again"], 2) if name == "born_again" else os.path.join(root, name)
+        paths[name] = path if done(path) else methods[name]()
+
+    table = compare(teacher_dir, paths, options.alpha)
+    table["settings"] = {**vars(options), "steps": steps, "train_size": train_size}
+    with open(os.path.join(root, "methods.json"), "w", encoding="utf-8") as handle:
+        json.dump(table, handle, indent=2)
+    with open(os.path.join(root, "methods.md"), "w", encoding="utf-8") as handle:
+        handle.write(table["markdown"] + "\n")
+    print(table["markdown"])
+
+
+def compare(teacher_dir: str, students: dict[str, str], alpha: float, metric: str = "eval_accuracy") -> dict:
+    """Dev score, size and DM of each student, and its difference to plain logit KD (in points)."""
+    teacher_params, teacher_results = saved_parameter_count(teacher_dir), eval_results(teacher_dir)
+    teacher_score = teacher_results[metric]
+    rows = [{"name": "teacher", "path": teacher_dir, "params": teacher_params, "score": teacher_score,
+             "f1": teacher_results.get("eval_f1"), "size_mb": safetensors_size(teacher_dir) / 2**20,
+             "distillation_metric": None}]
+    for name, path in students.items():
+        params, results = saved_parameter_count(path), eval_results(path)
+        rows.append({"name": name, "path": path, "params": params, "score": results[metric],
+                     "f1": results.get("eval_f1"), "size_mb": safetensors_size(path) / 2**20,
+                     "distillation_metric": distillation_metric(params, teacher_params, results[metric],
+                                                                teacher_score, alpha)})
+    reference = next((row["score"] for row in rows if row["name"] == "logit_kd"), None)
+    lines = [f"| method | params | size (MB) | {metric} | F1 | vs logit KD (points) | DM (α={alpha}) | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        delta = "–" if reference is None or row["name"] == "teacher" else f"{100 * (row['score'] - reference):+.2f}"
+        dm = "–" if row["distillation_metric"] is None else f"{row['distillation_metric']:.4f}"
+        f1 = "–" if row.get("f1") is None else f"{100 * row['f1']:.2f}"
+        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {row['size_mb']:.1f} | "
+                     f"{100 * row['score']:.2f}% | {f1} | {delta} | {dm} | {STEPS_NOTE.get(row['name'], '')} |")
+    return {"metric": metric, "alpha": alpha, "models": rows, "markdown": "\n".join(lines)}
+
+
+def _method_option(value: str) -> tuple[str, list[str]]:
+    name, sep, flags = value.partition("=")
+    if not sep or not name:
+        raise SystemExit(f'--method {value!r}: write NAME="--flag value ..."')
+    return name, shlex.split(flags)
+
+
+def _train_rows(data: list[str]) -> int:
+    """Rows of the train file (header excluded) when the whole split is used."""
+    with open(data[data.index("--train_file") + 1], encoding="utf-8-sig") as handle:
+        return sum(1 for line in handle if line.strip()) - 1
+
+
+if __name__ == "__main__":
+    main()
