@@ -75,9 +75,10 @@ class MutualDistillationConfig(DistillationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.alpha_hidden > 0 or self.alpha_attention > 0:
+        if self.uses("hidden") or self.uses("attention") or self.uses("relation") or self.stages:
             raise ValueError(
-                "mutual learning compares the peers' logits only: set alpha_hidden and alpha_attention to 0."
+                "mutual learning compares the peers' logits only: set alpha_hidden, alpha_attention and "
+                "alpha_relation to 0, and leave stages unset."
             )
         scheduled = [name for name in ("temperature_schedule", "loss_weight_schedule") if getattr(self, name) != "constant"]
         if scheduled:

@@ -15,7 +15,8 @@ same hyper-parameters (that config's), on the same seeded subsample:
   `--augment_mlm`, by default MiniLM-L6 with an MLM head fitted on WikiText-2, built here). Building
   the copies costs one MLM forward per replaced word (cached by `datasets` for reruns);
 - `--method NAME="--flag value ..."`: logit KD plus any DistillationConfig overrides (e.g. the
-  relation, two-stage or preset options), also `CONFIG_OVERRIDE_METHODS` below.
+  relation, two-stage or preset options); `config_override_methods` below holds the relation
+  (MiniLMv2), DistilBERT-style hidden cosine, PKD and two-stage TinyBERT rows.
 
 Writes methods.json and methods.md (dev score, parameters, size, DM and the difference to plain KD)
 in output_root/<task>; finished runs are reused on a rerun. Nothing is tuned on the dev set.
@@ -50,10 +51,26 @@ TASKS: dict[str, dict[str, Any]] = {
     "rte": {"columns": ["--text_column", "sentence1", "--text_pair_column", "sentence2", "--label_column",
                         "label"], "train_size": None},
 }
-# Methods that are logit KD plus config overrides, e.g. {"relation": ["--alpha_relation", "1.0"]} once
-# DistillationConfig has those options; `--method NAME="..."` adds more from the command line.
-CONFIG_OVERRIDE_METHODS: dict[str, list[str]] = {}
-STEPS_NOTE = {"mutual": "2 models trained", "online_teacher": "6-layer teacher trained too",
+
+
+def config_override_methods(steps: int) -> dict[str, list[str]]:
+    """Rows that are the logit-KD run plus DistillationConfig flags (the published settings of each
+    family, hfkd.presets, on top of the same student, data and `steps`)."""
+    first = steps // 2
+    stages = [  # TinyBERT: intermediate layers (+ embeddings) first, then the prediction layer at T=1
+        {"max_steps": first, "alpha_hidden": 1.0, "alpha_attention": 1.0, "alpha_kd": 0.0, "alpha_ce": 0.0},
+        {"max_steps": steps - first, "alpha_hidden": 0.0, "alpha_attention": 0.0, "alpha_kd": 1.0, "alpha_ce": 0.0},
+    ]
+    return {
+        "relation_minilmv2": ["--alpha_relation", "1.0", "--relations", "qq,kk,vv"],
+        "hidden_cosine_distilbert": ["--alpha_hidden", "1.0", "--hidden_loss", "cosine", "--layer_mapping", "last"],
+        "pkd": ["--alpha_kd", "0.5", "--alpha_ce", "0.5", "--temperature", "10", "--alpha_hidden", "100",
+                "--hidden_loss", "pkd_cls", "--layer_mapping", "pkd_skip"],
+        "two_stage_tinybert": ["--stages", json.dumps(stages), "--kd_loss", "ce", "--temperature", "1",
+                               "--hidden_loss", "mse", "--attention_loss", "mse", "--include_embeddings", "true",
+                               "--layer_mapping", "uniform"],
+    }
+STEPS_NOTE = {"two_stage_tinybert": "half the steps on hidden+attention, half on logits", "mutual": "2 models trained", "online_teacher": "6-layer teacher trained too",
               "born_again": "2 generations: 2x the steps", "augment_kd": "augmented data"}
 
 
@@ -161,7 +178,7 @@ def main() -> None:
         "born_again": born_again,
         "augment_kd": augment_kd,
     }
-    extra_methods = {**CONFIG_OVERRIDE_METHODS, **dict(_method_option(m) for m in options.method)}
+    extra_methods = {**config_override_methods(steps), **dict(_method_option(m) for m in options.method)}
     methods.update({name: distill(name, flags) for name, flags in extra_methods.items()})
     chosen = options.methods or list(methods)
     unknown = sorted(set(chosen) - set(methods) - {"teacher"})
