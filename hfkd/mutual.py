@@ -35,7 +35,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from hfkd.config import DistillationConfig
 from hfkd.losses import KD_LOSSES, task_ce_loss
-from hfkd.trainer import _only
+from hfkd.trainer import _only, flush_term_means
 from hfkd.validation import forward_arg_names, is_causal_lm
 
 PEER_DIR = "peer{}"
@@ -213,11 +213,8 @@ class MutualDistillationTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each peer's weighted loss terms (`peer{i}_ce_loss`, `peer{i}_kd_loss`) to training logs."""
-        if "loss" in logs and self._term_steps:
-            for name, total in self._term_sums.items():
-                logs[name] = round(float(total) / self._term_steps, 6)
-            self._term_sums.clear()
-            self._term_steps = 0
+        if "loss" in logs:
+            flush_term_means(self, logs)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ evaluation

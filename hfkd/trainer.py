@@ -520,11 +520,7 @@ class DistillationTrainer(Trainer):
     # ------------------------------------------------------------------ logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._term_steps:
-            for name, total in self._term_sums.items():
-                logs[name] = round(float(total) / self._term_steps, 6)
-            self._term_sums.clear()
-            self._term_steps = 0
+        if "loss" in logs and flush_term_means(self, logs):
             logs.update({name: self.schedule.current[name] for name in self.schedule.scheduled})
             if self.args.stages:  # 1-based stage of the last step logged
                 last_step = max(self.state.global_step - 1, 0)
@@ -744,6 +740,18 @@ def last_complete_checkpoint(output_dir: str, required: bool = True) -> str | No
 
 def _model_name(model: nn.Module | str) -> str:
     return model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None) or "teacher"
+
+
+def flush_term_means(trainer: Any, logs: dict[str, float]) -> bool:
+    """Move the per-term loss sums (`trainer._term_sums` over `trainer._term_steps` steps) into `logs`
+    as means and reset them; False when no step was summed since the last log."""
+    if not trainer._term_steps:
+        return False
+    for name, total in trainer._term_sums.items():
+        logs[name] = round(float(total) / trainer._term_steps, 6)
+    trainer._term_sums.clear()
+    trainer._term_steps = 0
+    return True
 
 
 def _only(inputs: dict[str, Any], accepted: frozenset[str], drop: tuple[str, ...] = ()) -> dict[str, Any]:
