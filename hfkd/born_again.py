@@ -25,8 +25,24 @@ from typing import Any
 
 from transformers import PreTrainedModel, set_seed
 
+from hfkd.arguments import ModelArguments, resolve_model_path
 from hfkd.config import DistillationConfig
-from hfkd.trainer import PROJECTIONS_ATTR
+from hfkd.data import DataArguments, build_data_collator, load_raw_datasets
+from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
+from hfkd.recipes import (
+    build_student,
+    card_dataset_names,
+    check_output_dir,
+    check_sequence_length,
+    load_teachers,
+    match_teacher_labels,
+    prepare_task_data,
+    task_model_class,
+    task_trainer_kwargs,
+    train_and_save,
+)
+from hfkd.report import atomic_write, evaluate_model
+from hfkd.trainer import PROJECTIONS_ATTR, DistillationTrainer
 
 GENERATION_DIR = "gen_{}"
 SUMMARY_NAME = "born_again"
@@ -59,25 +75,8 @@ def generation_dir(output_dir: str, generation: int) -> str:
     return os.path.join(output_dir, GENERATION_DIR.format(generation))
 
 
-def run_born_again(model_args: Any, data_args: Any, args: BornAgainConfig) -> dict[str, Any]:
+def run_born_again(model_args: ModelArguments, data_args: DataArguments, args: BornAgainConfig) -> dict[str, Any]:
     """Recipe: train `args.generations` generations; returns the summary (also written to output_dir)."""
-    from hfkd.arguments import resolve_model_path
-    from hfkd.data import build_data_collator, load_raw_datasets
-    from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
-    from hfkd.recipes import (
-        _dataset_names,
-        _finish,
-        _trainer_kwargs,
-        build_student,
-        check_output_dir,
-        check_sequence_length,
-        load_teachers,
-        match_teacher_labels,
-        prepare_task_data,
-    )
-    from hfkd.report import evaluate_model
-    from hfkd.trainer import DistillationTrainer
-
     check_output_dir(args, model_args)
     task = model_args.task
     teachers, tokenizer = load_teachers(model_args, args, "born-again training")
@@ -106,10 +105,10 @@ def run_born_again(model_args: Any, data_args: Any, args: BornAgainConfig) -> di
         gen_args = copy.deepcopy(args)
         gen_args.output_dir = generation_dir(args.output_dir, generation)
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=gen_args, dataset_names=_dataset_names(data_args),
-            **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
+            model=student, teacher_model=teacher, args=gen_args, dataset_names=card_dataset_names(data_args),
+            **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
         )
-        metrics = _finish(trainer, task)
+        metrics = train_and_save(trainer, task)
         rows.append({"generation": generation, "path": gen_args.output_dir, "teacher": teacher_name, **metrics})
         # The next generation distills from this one, as saved: without its width projections.
         if hasattr(student, PROJECTIONS_ATTR):
@@ -122,21 +121,17 @@ def run_born_again(model_args: Any, data_args: Any, args: BornAgainConfig) -> di
     return summary
 
 
-def new_generation_student(model_args: Any, teacher: PreTrainedModel, task: str) -> PreTrainedModel:
+def new_generation_student(model_args: ModelArguments, teacher: PreTrainedModel, task: str) -> PreTrainedModel:
     """A fresh student: the given checkpoint or `create_student` spec, else the teacher's
     architecture re-initialised (call `set_seed` first for a reproducible initialisation)."""
-    from hfkd.recipes import _auto_class, build_student
-
     if (model_args.student_model_name_or_path or model_args.student_num_layers or model_args.student_layer_indices
             or model_args.student_hidden_size):
         return build_student(model_args, teacher, task)
-    return _auto_class(task).from_config(copy.deepcopy(teacher.config))
+    return task_model_class(task).from_config(copy.deepcopy(teacher.config))
 
 
 def write_summary(summary: dict[str, Any], output_dir: str) -> None:
     """born_again.json and a Markdown table of the generations' scores."""
-    from hfkd.report import atomic_write
-
     metric = summary["metric"]
     lines = [f"| generation | teacher | {metric} | model |", "|---:|---|---:|---|"]
     for row in summary["generations"]:

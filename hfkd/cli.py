@@ -4,15 +4,26 @@
     hfkd finetune --config C.yaml [--flag value ...]
     hfkd cache-teacher --config C.yaml [--flag value ...]   (teacher logits of the train split, or
                                    their top-k with --teacher_cache_top_k K, -> teacher_cache_dir, read by `hfkd distill`)
+    hfkd mutual   --config C.yaml --peer_model_name_or_path PEER [...] [--train_teacher_alongside]
+    hfkd born-again --config C.yaml --generations N [--flag value ...]
     hfkd report   --teacher PATH --student PATH [--student PATH ...] (--config C.yaml | --dataset ...)
 """
 
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 from typing import Sequence
 
-COMMANDS = ("distill", "finetune", "cache-teacher", "report")
+# command -> (module, recipe function, module of its config class, config class); imported on use.
+RECIPE_COMMANDS = {
+    "distill": ("hfkd.recipes", "run_distillation", "hfkd.config", "DistillationConfig"),
+    "finetune": ("hfkd.recipes", "run_finetune", "transformers", "TrainingArguments"),
+    "cache-teacher": ("hfkd.recipes", "run_cache_teacher", "hfkd.config", "DistillationConfig"),
+    "mutual": ("hfkd.recipes", "run_mutual_learning", "hfkd.mutual", "MutualDistillationConfig"),
+    "born-again": ("hfkd.born_again", "run_born_again", "hfkd.born_again", "BornAgainConfig"),
+}
+COMMANDS = (*RECIPE_COMMANDS, "report")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -21,30 +32,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__.strip())
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    if command == "distill":
-        from hfkd.recipes import main as run_recipe
-        from hfkd.recipes import run_distillation
-
-        run_recipe(run_distillation, rest)
-    elif command == "finetune":
-        from transformers import TrainingArguments
-
-        from hfkd.recipes import main as run_recipe
-        from hfkd.recipes import run_finetune
-
-        run_recipe(run_finetune, rest, config_class=TrainingArguments)
-    elif command == "cache-teacher":
-        from hfkd.recipes import main as run_recipe
-        from hfkd.recipes import run_cache_teacher
-
-        run_recipe(run_cache_teacher, rest)
-    else:
+    if command == "report":
         from hfkd.report_cli import main as report_main
 
         report_main(rest)
         return
     from hfkd.recipes import finish_process
+    from hfkd.recipes import main as run_recipe
 
+    module, function, config_module, config_class = RECIPE_COMMANDS[command]
+    run_recipe(getattr(import_module(module), function), rest,
+               config_class=getattr(import_module(config_module), config_class))
     finish_process()
 
 

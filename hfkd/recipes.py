@@ -29,6 +29,7 @@ from hfkd.data import (
     prepare_token_classification_datasets,
 )
 from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_loss, preprocess_logits_for_metrics
+from hfkd.mutual import MutualDistillationConfig, MutualDistillationTrainer
 from hfkd.student import create_student
 from hfkd.trainer import DistillationTrainer
 from hfkd.validation import TASK_AUTO_CLASSES, is_default_labels
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 TASKS = tuple(TASK_AUTO_CLASSES)
 
 
-def _auto_class(task: str):
+def task_model_class(task: str):
     if task not in TASK_AUTO_CLASSES:
         raise ValueError(f"task={task!r} is not supported; use one of {list(TASKS)}.")
     return TASK_AUTO_CLASSES[task][1]
@@ -63,7 +64,7 @@ def prepare_task_data(
     return prepare_lm_datasets(raw, tokenizer, data_args, task=task), None
 
 
-def _trainer_kwargs(task: str, datasets: Any, tokenizer: Any, data_args: DataArguments, labels: Any) -> dict:
+def task_trainer_kwargs(task: str, datasets: Any, tokenizer: Any, data_args: DataArguments, labels: Any) -> dict:
     id2label = dict(enumerate(labels)) if labels else None
     kwargs = dict(
         train_dataset=datasets.get("train"),
@@ -77,7 +78,7 @@ def _trainer_kwargs(task: str, datasets: Any, tokenizer: Any, data_args: DataArg
     return kwargs
 
 
-def _finish(trainer: Trainer, task: str) -> dict[str, float]:
+def train_and_save(trainer: Trainer, task: str) -> dict[str, float]:
     """Train (resuming if asked), evaluate, save model + tokenizer + card, write the results."""
     args = trainer.args
     if trainer.train_dataset is None:
@@ -128,7 +129,7 @@ def _report(trainer: DistillationTrainer, task: str) -> None:
     trainer.write_model_card(args.output_dir, report=report)
 
 
-def _dataset_names(data_args: DataArguments) -> list[str]:
+def card_dataset_names(data_args: DataArguments) -> list[str]:
     if data_args.dataset_name:
         return [data_args.dataset_name]
     path = data_args.validation_file or data_args.train_file
@@ -181,10 +182,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
         )
-    model = _auto_class(task).from_pretrained(path, **model_kwargs)
+    model = task_model_class(task).from_pretrained(path, **model_kwargs)
     check_sequence_length(data_args, model)
-    trainer = Trainer(model=model, args=args, **_trainer_kwargs(task, datasets, tokenizer, data_args, labels))
-    return _finish(trainer, task)
+    trainer = Trainer(model=model, args=args, **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels))
+    return train_and_save(trainer, task)
 
 
 def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: str) -> PreTrainedModel:
@@ -198,7 +199,7 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
         if task in ("sequence_classification", "token_classification") and is_default_labels(config.id2label):
             kwargs.update(num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
                           label2id=teacher.config.label2id)
-        return _auto_class(task).from_pretrained(path, **kwargs)
+        return task_model_class(task).from_pretrained(path, **kwargs)
     if not (model_args.student_num_layers or model_args.student_layer_indices or model_args.student_hidden_size):
         raise ValueError(
             "no student given: set student_model_name_or_path, or student_num_layers / "
@@ -227,7 +228,7 @@ def load_teachers(model_args: ModelArguments, args: DistillationConfig, command:
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
     if args.uses("attention"):
         kwargs.setdefault("attn_implementation", "eager")
-    return [load_pretrained(_auto_class(model_args.task), path, **kwargs) for path in paths], tokenizer
+    return [load_pretrained(task_model_class(model_args.task), path, **kwargs) for path in paths], tokenizer
 
 
 def build_peft_config(model_args: ModelArguments, args: DistillationConfig, task: str) -> Any:
@@ -278,10 +279,75 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
         teacher_model=teachers,
         args=args,
         peft_config=build_peft_config(model_args, args, task),
-        dataset_names=_dataset_names(data_args),
-        **_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
+        dataset_names=card_dataset_names(data_args),
+        **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
     )
-    return _finish(trainer, task)
+    return train_and_save(trainer, task)
+
+
+def run_mutual_learning(
+    model_args: ModelArguments, data_args: DataArguments, args: MutualDistillationConfig
+) -> dict[str, float]:
+    """Recipe: the student (peer 0) and its peers trained together; returns the student's eval metrics.
+
+    The student comes from `student_model_name_or_path` or is built from the teacher like in
+    `hfkd distill`; peers 1, 2, ... are `peer_model_name_or_path`, then the teacher when
+    `train_teacher_alongside`. Without a teacher, labels come from the data.
+    """
+    if args.report_at_end:
+        raise ValueError("report_at_end needs a frozen teacher: run `hfkd report` on output_dir after mutual learning.")
+    if args.train_teacher_alongside and not model_args.teacher_model_name_or_path:
+        raise ValueError("train_teacher_alongside needs teacher_model_name_or_path.")
+    if not args.peer_model_name_or_path and not args.train_teacher_alongside:
+        raise ValueError(
+            "mutual learning needs at least one peer besides the student: set peer_model_name_or_path "
+            "and/or train_teacher_alongside."
+        )
+    check_output_dir(args, model_args)
+    set_seed(args.seed)
+    task = model_args.task
+    auto_class = task_model_class(task)
+    remote = {"trust_remote_code": model_args.trust_remote_code}
+    teacher = None
+    if model_args.teacher_model_name_or_path:
+        teachers, tokenizer = load_teachers(model_args, args, "mutual learning")
+        if len(teachers) > 1:
+            raise ValueError("mutual learning takes one teacher_model_name_or_path (to build the student from or "
+                             "train alongside); give other models as peer_model_name_or_path.")
+        teacher = teachers[0]
+    elif model_args.student_model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_args.student_model_name_or_path), **remote)
+    else:
+        raise ValueError("mutual learning needs student_model_name_or_path (or a teacher to build the student from).")
+    raw = load_raw_datasets(data_args)
+    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config if teacher else None)
+    label_kwargs: dict[str, Any] = {}
+    if teacher is not None:
+        match_teacher_labels([teacher], labels)
+        if labels:
+            label_kwargs = {"num_labels": teacher.config.num_labels, "id2label": teacher.config.id2label,
+                            "label2id": teacher.config.label2id}
+    elif labels:
+        label_kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                        "label2id": {label: i for i, label in enumerate(labels)}}
+
+    def load(path: str) -> PreTrainedModel:
+        return auto_class.from_pretrained(resolve_model_path(path), **remote, **label_kwargs)
+
+    if teacher is not None:
+        student = build_student(model_args, teacher, task)
+    elif model_args.student_model_name_or_path:
+        student = load(model_args.student_model_name_or_path)
+    else:
+        raise ValueError("no student: set student_model_name_or_path, or a teacher to build the student from.")
+    peers = [student, *(load(path) for path in args.peer_model_name_or_path)]
+    if args.train_teacher_alongside:
+        peers.append(teacher)
+    check_sequence_length(data_args, *peers)
+    trainer = MutualDistillationTrainer(
+        peers=peers, args=args, **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels)
+    )
+    return train_and_save(trainer, task)
 
 
 def main(run: Callable, argv: Sequence[str] | None, config_class: type = DistillationConfig) -> dict:

@@ -36,20 +36,23 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from benchmark_quality import CONFIGS, PRETRAINED, ROOT, data_flags, done, ensure_teacher
 from hfkd import create_student, distillation_metric
 from hfkd.born_again import BornAgainConfig, generation_dir, run_born_again
-from hfkd.mutual import MutualDistillationConfig, run_mutual_learning
+from hfkd.mutual import MutualDistillationConfig
 from hfkd.recipes import main as run_recipe
-from hfkd.recipes import run_distillation, run_finetune
+from hfkd.recipes import run_distillation, run_finetune, run_mutual_learning
 from hfkd.report import safetensors_size
 from hfkd.report_cli import eval_results, saved_parameter_count
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 # Column flags per GLUE task (the recipe configs are SST-2's); train_size None = the full train split.
+# The pair tasks get 128 tokens (two sentences) and a teacher fine-tuned for 3 epochs: one epoch of
+# MRPC/RTE (115/78 steps) leaves MiniLM near the majority class.
 TASKS: dict[str, dict[str, Any]] = {
-    "sst2": {"columns": ["--text_column", "sentence", "--label_column", "label"], "train_size": 20000},
+    "sst2": {"columns": ["--text_column", "sentence", "--label_column", "label"], "train_size": 20000,
+             "teacher_epochs": 1},
     "mrpc": {"columns": ["--text_column", "#1 String", "--text_pair_column", "#2 String", "--label_column",
-                         "Quality"], "train_size": None},
+                         "Quality", "--max_seq_length", "128"], "train_size": None, "teacher_epochs": 3},
     "rte": {"columns": ["--text_column", "sentence1", "--text_pair_column", "sentence2", "--label_column",
-                        "label"], "train_size": None},
+                        "label", "--max_seq_length", "128"], "train_size": None, "teacher_epochs": 3},
 }
 
 
@@ -81,6 +84,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--output_root", default="outputs/methods")
     parser.add_argument("--teacher_dir", default=None, help="A fine-tuned teacher (default: fine-tune one here).")
     parser.add_argument("--teacher_train_samples", type=int, default=None, help="Default: the full train split.")
+    parser.add_argument("--teacher_epochs", type=float, default=None, help="Default: 1 for SST-2, 3 for MRPC/RTE.")
     parser.add_argument("--train_size", type=int, default=None, help="Student training examples (task default).")
     parser.add_argument("--epochs", type=float, default=2.0, help="Sets the step count: epochs over train_size.")
     parser.add_argument("--max_steps", type=int, default=None, help="Overrides --epochs.")
@@ -122,7 +126,8 @@ def main() -> None:
     root = os.path.join(options.output_root, options.task)
     data = [*data_flags(options.data_dir or os.path.join(DATA, options.task)), *task["columns"]]
     teacher_dir = options.teacher_dir or os.path.join(root, "teacher")
-    ensure_teacher(teacher_dir, data, options.teacher_train_samples)
+    ensure_teacher(teacher_dir, [*data, "--num_train_epochs", str(options.teacher_epochs or task["teacher_epochs"])],
+                   options.teacher_train_samples)
     init, peer_init = os.path.join(root, "init_l3_024"), os.path.join(root, "init_l3_135")
     save_layers_student(init, teacher_dir, [0, 2, 4])
     save_layers_student(peer_init, teacher_dir, [1, 3, 5])

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from hfkd.born_again import BornAgainConfig, generation_dir, run_born_again
-from hfkd.mutual import MutualDistillationConfig, run_mutual_learning
-from hfkd.recipes import main
+from hfkd.mutual import MutualDistillationConfig
+from hfkd.recipes import main, run_mutual_learning
 from hfkd.teacher_cache import state_dict_sha256
 from hfkd.trainer import DistillationTrainer
 
@@ -101,3 +101,15 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(workspac
     for generation in (1, 2):
         assert os.path.isfile(os.path.join(generation_dir(out, generation), "eval_results.json"))
     assert "| 2 | gen_1 |" in open(os.path.join(out, "born_again.md")).read()
+
+
+def test_console_script_runs_mutual_and_born_again(workspace):
+    from hfkd.cli import main as cli_main
+
+    cli_main(["mutual", "--teacher_model_name_or_path", str(workspace / "teacher"), "--student_num_layers", "1",
+              "--train_teacher_alongside", *common(workspace, "cli_mutual")])
+    assert os.path.isfile(workspace / "cli_mutual" / "peer1" / "model.safetensors")  # the teacher, trained too
+    cli_main(["born-again", "--teacher_model_name_or_path", str(workspace / "teacher"), "--generations", "1",
+              *common(workspace, "cli_ban")])
+    summary = json.loads((workspace / "cli_ban" / "born_again.json").read_text())
+    assert [row["generation"] for row in summary["generations"]] == [0, 1]
