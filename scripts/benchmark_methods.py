@@ -94,6 +94,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--augment_mlm", default=None, help="Masked LM for augment_kd (default: built here).")
     parser.add_argument("--augment_copies", type=int, default=4)
     parser.add_argument("--mlm_steps", type=int, default=300, help="Steps of the MLM-head fit when building one.")
+    parser.add_argument("--seed", type=int, default=42, help="Student seed (order of the data, new heads); give "
+                        "another --output_root and the same --teacher_dir to measure the seed-to-seed spread.")
     parser.add_argument("--alpha", type=float, default=0.5, help="alpha of the distillation metric.")
     return parser.parse_args()
 
@@ -135,7 +137,7 @@ def main() -> None:
     train_size = options.train_size or task["train_size"]
     rows = train_size or _train_rows(data)
     steps = options.max_steps or math.ceil(options.epochs * math.ceil(rows / 32))
-    student = [*data, "--max_steps", str(steps), "--seed", "42",
+    student = [*data, "--max_steps", str(steps), "--seed", str(options.seed),
                *(["--max_train_samples", str(train_size)] if train_size else [])]
     kd = ["--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"), "--teacher_model_name_or_path", teacher_dir,
           "--student_model_name_or_path", init, "--alpha_hidden", "0", *student]
