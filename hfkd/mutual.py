@@ -33,6 +33,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_loss, find_labels
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from hfkd.checkpoints import checked_resume_checkpoint
 from hfkd.config import DistillationConfig
 from hfkd.losses import KD_LOSSES, task_ce_loss
 from hfkd.trainer import _only, flush_term_means
@@ -250,6 +251,11 @@ class MutualDistillationTrainer(Trainer):
             if self.processing_class is not None:
                 self.processing_class.save_pretrained(folder)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Stock `train()`, never resuming from a checkpoint a kill left half-written."""
+        resume = checked_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        return super().train(resume, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Load every peer from its folder of a checkpoint written by `_save`."""

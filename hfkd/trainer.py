@@ -10,7 +10,6 @@ import copy
 import json
 import logging
 import os
-import re
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Any
@@ -20,10 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hfkd.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
+from hfkd.checkpoints import checked_resume_checkpoint
 from hfkd.config import DistillationConfig
 from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
 from hfkd.layer_mapping import resolve_layer_mapping
@@ -676,21 +675,10 @@ class DistillationTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Stock `train()`; a checkpoint a kill left half-written is never resumed from.
-
-        `resume_from_checkpoint=True` takes the newest *complete* checkpoint in output_dir; an
-        explicit path must be complete, else a one-line error names the last complete one.
-        """
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-        elif isinstance(resume_from_checkpoint, str):
-            problem = checkpoint_problem(resume_from_checkpoint)
-            if problem:
-                parent = os.path.dirname(os.path.normpath(resume_from_checkpoint))
-                fallback = last_complete_checkpoint(parent, required=False)
-                hint = f"resume from {fallback}" if fallback else "start a new run"
-                raise ValueError(f"checkpoint {resume_from_checkpoint} {problem}; {hint}.")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        """Stock `train()`; a checkpoint a kill left half-written is never resumed from
+        (`hfkd.checkpoints.checked_resume_checkpoint`)."""
+        resume = checked_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        return super().train(resume, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -703,39 +691,6 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer with the same width projections; resume from a matching checkpoint."
             )
         self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
-
-
-def checkpoint_problem(path: str) -> str | None:
-    """Why a checkpoint folder cannot be trusted, or None. Trainer writes trainer_state.json last."""
-    if not os.path.isdir(path):
-        return "does not exist"
-    names = set(os.listdir(path))
-    if TRAINER_STATE_NAME not in names:
-        return f"is incomplete (no {TRAINER_STATE_NAME}: the run was probably killed while saving it)"
-    try:  # written last, and not atomically: a kill mid-write leaves it truncated
-        with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as handle:
-            int(json.load(handle)["global_step"])
-    except (ValueError, KeyError, TypeError):
-        return f"is incomplete ({TRAINER_STATE_NAME} is truncated or invalid: the run was killed while saving it)"
-    # DeepSpeed ZeRO-3 without 16-bit gathering and sharded FSDP keep the weights in their own files.
-    engine_weights = "latest" in names or any(n.startswith("pytorch_model_fsdp") for n in names)
-    if not engine_weights and not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
-        return "holds no model weights"
-    return None
-
-
-def last_complete_checkpoint(output_dir: str, required: bool = True) -> str | None:
-    """Newest `checkpoint-N` in output_dir that is complete (see `checkpoint_problem`)."""
-    folders = []
-    if os.path.isdir(output_dir):
-        folders = [n for n in os.listdir(output_dir) if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", n)]
-    for name in sorted(folders, key=lambda n: int(n.rsplit("-", 1)[1]), reverse=True):
-        path = os.path.join(output_dir, name)
-        if checkpoint_problem(path) is None:
-            return path
-    if required:
-        raise ValueError(f"no complete checkpoint in {output_dir}; start without resume_from_checkpoint.")
-    return None
 
 
 def _model_name(model: nn.Module | str) -> str:

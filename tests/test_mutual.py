@@ -157,3 +157,24 @@ def test_mutual_learning_beats_training_alone_on_noisy_labels(tmp_path):
         (acc_mutual, loss_mutual), (acc_alone, loss_alone) = held_out(peer, test), held_out(single, test)
         assert acc_mutual > acc_alone, f"peer {i}: accuracy {acc_mutual} (mutual) vs {acc_alone} (alone)"
         assert loss_mutual < loss_alone, f"peer {i}: loss {loss_mutual} (mutual) vs {loss_alone} (alone)"
+
+
+def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
+    """`resume_from_checkpoint=True` takes the newest *complete* checkpoint (hfkd.checkpoints), as
+    DistillationTrainer does; a truncated trainer_state.json marks the newer one as incomplete."""
+    data = seq_cls_dataset(n=16)
+    trainer = MutualDistillationTrainer(peers=peers(2), args=config(tmp_path, max_steps=4, save_strategy="steps",
+                                                                    save_steps=2), train_dataset=data)
+    trainer.train()
+    out = tmp_path / "out"
+    state = out / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # killed mid-write
+    resumed = MutualDistillationTrainer(peers=peers(2, seed=1), args=config(tmp_path, max_steps=4,
+                                                                            save_strategy="no"), train_dataset=data)
+    loaded = []
+    original = resumed._load_from_checkpoint
+    resumed._load_from_checkpoint = lambda path, model=None: (loaded.append(path), original(path, model))
+    resumed.train(resume_from_checkpoint=True)
+    assert loaded == [str(out / "checkpoint-2")]
+    with pytest.raises(ValueError, match="checkpoint-4 is incomplete.*resume from .*checkpoint-2"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-4"))

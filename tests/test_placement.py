@@ -21,6 +21,7 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 from conftest import REPO_ROOT, bert_config
 from hfkd import create_student
+from hfkd.checkpoints import checkpoint_problem
 from hfkd.placement import (
     DEEPSPEED,
     DEVICE,
@@ -31,7 +32,6 @@ from hfkd.placement import (
     prepare_teacher,
     teacher_placement,
 )
-from hfkd.trainer import checkpoint_problem
 
 ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate"
 
