@@ -71,6 +71,14 @@ def train(tmp_path, name, student, teacher, data, collator):
     return trainer
 
 
+def assert_cached_run_matches_online(online, cached):
+    """The cached run had no teacher, yet ended with the online run's weights and logged KD terms."""
+    assert cached.teacher is None
+    assert_same_weights(online.model, cached.model)
+    kd = [[h["kd_loss"] for h in t.state.log_history if "kd_loss" in h] for t in (online, cached)]
+    assert kd[0] == pytest.approx(kd[1], abs=1e-5) and len(kd[0]) == 4
+
+
 def assert_same_weights(a, b):
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
@@ -86,10 +94,7 @@ def test_student_trained_from_cache_equals_online(tmp_path, tokenizer):
     cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", batch_size=16)
     cached = train(tmp_path, "cached", twin, None, cache, collator)
 
-    assert cached.teacher is None
-    assert_same_weights(online.model, cached.model)
-    kd = [[h["kd_loss"] for h in t.state.log_history if "kd_loss" in h] for t in (online, cached)]
-    assert kd[0] == pytest.approx(kd[1], abs=1e-5) and len(kd[0]) == 4
+    assert_cached_run_matches_online(online, cached)
 
 
 def test_token_classification_cache_pads_positions_like_online(tmp_path, tokenizer):
@@ -298,10 +303,7 @@ def test_top_k_cache_with_k_equal_vocab_trains_like_online(tmp_path, tokenizer, 
     assert TEACHER_LOGITS not in cache.column_names
     cached = train(tmp_path, "cached", twin, None, cache, collator)
 
-    assert cached.teacher is None
-    assert_same_weights(online.model, cached.model)
-    kd = [[h["kd_loss"] for h in t.state.log_history if "kd_loss" in h] for t in (online, cached)]
-    assert kd[0] == pytest.approx(kd[1], abs=1e-5) and len(kd[0]) == 4
+    assert_cached_run_matches_online(online, cached)
 
 
 def test_top_k_cache_stores_the_teacher_top_k_and_the_kd_term_is_the_bucketed_kl(tmp_path, tokenizer):
