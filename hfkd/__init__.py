@@ -7,23 +7,26 @@ only pays for what it uses.
 from importlib import import_module
 from typing import Any
 
+from hfkd import _moved
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "DistillationConfig": "hfkd.config",
-    "DistillationTrainer": "hfkd.trainer",
+    "DistillationTrainer": "hfkd.trainers.distillation",
     "create_student": "hfkd.student",
-    "resolve_layer_mapping": "hfkd.layer_mapping",
+    "resolve_layer_mapping": "hfkd.objective.layer_mapping",
     "distillation_metric": "hfkd.report",
-    "build_teacher_cache": "hfkd.teacher_cache",
-    "load_teacher_cache": "hfkd.teacher_cache",
-    "MutualDistillationConfig": "hfkd.mutual",
-    "MutualDistillationTrainer": "hfkd.mutual",
-    "BornAgainConfig": "hfkd.born_again",
-    "augment_dataset": "hfkd.augment",
+    "build_teacher_cache": "hfkd.teacher.cache",
+    "load_teacher_cache": "hfkd.teacher.cache",
+    "MutualDistillationConfig": "hfkd.trainers.mutual",
+    "MutualDistillationTrainer": "hfkd.trainers.mutual",
+    "BornAgainConfig": "hfkd.app.born_again",
+    "augment_dataset": "hfkd.transfer.augment",
 }
 
 __all__ = sorted(_EXPORTS)
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from hfkd.fast_teacher import TEACHER_QUANTIZATIONS
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES
-from hfkd.multi_teacher import TEACHER_COMBINATIONS, check_teacher_weights
-from hfkd.presets import PRESETS, apply_preset, preset_settings
-from hfkd.relations import parse_relations
-from hfkd.schedules import SCHEDULES, check_schedule_settings
-from hfkd.stages import LOSS_TERMS, WEIGHT_KEYS, loss_weights_at, parse_stages, stage_unit, total_length
+from hfkd.teacher.fast import TEACHER_QUANTIZATIONS
+from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES
+from hfkd.teacher.ensemble import TEACHER_COMBINATIONS, check_teacher_weights
+from hfkd.objective.presets import PRESETS, apply_preset, preset_settings
+from hfkd.objective.relations import parse_relations
+from hfkd.objective.schedules import SCHEDULES, check_schedule_settings
+from hfkd.objective.stages import LOSS_TERMS, WEIGHT_KEYS, loss_weights_at, parse_stages, stage_unit, total_length
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "pkd_skip", "last", "skip")
 PROJECTION_INITS = ("xavier", "normal", "identity")
@@ -35,7 +35,7 @@ class DistillationConfig(TrainingArguments):
     `alpha_ce * CE(student, labels) + alpha_kd * KD + alpha_hidden * HIDDEN + alpha_attention * ATTN
     + alpha_relation * RELATION`, each term logged separately (`ce_loss`, `kd_loss`, ...). With
     `stages`, the weights are those of the stage the current step is in. `preset` fills the fields
-    left at their default with a published recipe's settings (see `hfkd.presets`).
+    left at their default with a published recipe's settings (see `hfkd.objective.presets`).
 
     Layer indices in `layer_mapping` pairs are *hidden-state* indices: 0 is the embedding output and
     `i` is the output of the i-th transformer layer (as in `outputs.hidden_states`). Attention maps are
@@ -215,7 +215,7 @@ class DistillationConfig(TrainingArguments):
         default="constant",
         metadata={
             "help": f"Temperature over the optimizer steps, one of {list(SCHEDULES)}: from `temperature` "
-            "to `temperature_end` (see hfkd.schedules); logged as `temperature`."
+            "to `temperature_end` (see hfkd.objective.schedules); logged as `temperature`."
         },
     )
     temperature_end: float | None = field(
@@ -255,7 +255,7 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": f"Published recipe whose distillation settings fill the fields left at their default: "
-            f"{sorted(PRESETS)} (hfkd.presets names each paper)."
+            f"{sorted(PRESETS)} (hfkd.objective.presets names each paper)."
         },
     )
     report_at_end: bool = field(

@@ -7,8 +7,8 @@ Generation k lands in output_dir/gen_k; output_dir/born_again.{json,md} compares
 
 import sys
 
-from hfkd.born_again import BornAgainConfig, run_born_again
-from hfkd.recipes import finish_process, main
+from hfkd.app.born_again import BornAgainConfig, run_born_again
+from hfkd.app.recipes import finish_process, main
 
 if __name__ == "__main__":
     main(run_born_again, sys.argv[1:], config_class=BornAgainConfig)

@@ -6,7 +6,7 @@
 
 import sys
 
-from hfkd.recipes import finish_process, main, run_distillation
+from hfkd.app.recipes import finish_process, main, run_distillation
 
 if __name__ == "__main__":
     main(run_distillation, sys.argv[1:] + ["--task", "causal_lm"])

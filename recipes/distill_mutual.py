@@ -6,8 +6,8 @@
 
 import sys
 
-from hfkd.mutual import MutualDistillationConfig
-from hfkd.recipes import finish_process, main, run_mutual_learning
+from hfkd.trainers.mutual import MutualDistillationConfig
+from hfkd.app.recipes import finish_process, main, run_mutual_learning
 
 if __name__ == "__main__":
     main(run_mutual_learning, sys.argv[1:], config_class=MutualDistillationConfig)

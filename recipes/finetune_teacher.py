@@ -8,7 +8,7 @@ import sys
 
 from transformers import TrainingArguments
 
-from hfkd.recipes import finish_process, main, run_finetune
+from hfkd.app.recipes import finish_process, main, run_finetune
 
 if __name__ == "__main__":
     main(run_finetune, sys.argv[1:], config_class=TrainingArguments)

@@ -16,10 +16,10 @@ import os
 
 from transformers import TrainingArguments
 
-from hfkd.recipes import main as run_recipe
-from hfkd.recipes import finish_process, run_distillation, run_finetune
-from hfkd.report_cli import main as report_main
-from hfkd.report_cli import summarize
+from hfkd.app.recipes import main as run_recipe
+from hfkd.app.recipes import finish_process, run_distillation, run_finetune
+from hfkd.app.report_cli import main as report_main
+from hfkd.app.report_cli import summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")

@@ -46,10 +46,10 @@ from transformers import (  # noqa: E402
 )
 
 from hfkd import DistillationConfig, DistillationTrainer, create_student  # noqa: E402
-from hfkd.data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
+from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
 from hfkd.metrics import build_compute_metrics  # noqa: E402
-from hfkd.report import atomic_write, evaluate_model  # noqa: E402
-from hfkd.teacher_cache import build_teacher_cache  # noqa: E402
+from hfkd.report.measure import atomic_write, evaluate_model  # noqa: E402
+from hfkd.teacher.cache import build_teacher_cache  # noqa: E402
 
 VARIANTS = ("online", "cached", "cached_grouped", "naive", "textbrewer")
 WARMUP_RATIO = 0.06

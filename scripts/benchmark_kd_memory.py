@@ -5,7 +5,7 @@
 Each measurement runs in a fresh subprocess and reads `resource.getrusage(RUSAGE_SELF).ru_maxrss`
 (tracemalloc does not see torch's allocations): the number reported is the peak resident memory
 added by the loss, above what holding the student logits (with their gradient) and the teacher
-logits costs. The losses' rows-at-once budget is `hfkd.losses.CHUNK_ELEMENTS`; `--no_chunking` sets it
+logits costs. The losses' rows-at-once budget is `hfkd.objective.losses.CHUNK_ELEMENTS`; `--no_chunking` sets it
 so high that everything runs in one piece, for the comparison.
 """
 
@@ -23,7 +23,7 @@ import time
 def measure(vocab: int, tokens: int, loss: str, chunking: bool) -> dict:
     import torch
 
-    from hfkd import losses
+    from hfkd.objective import losses
 
     if not chunking:
         losses.CHUNK_ELEMENTS = 2**62

@@ -35,12 +35,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 from benchmark_quality import CONFIGS, PRETRAINED, ROOT, data_flags, done, ensure_teacher
 from hfkd import create_student, distillation_metric
-from hfkd.born_again import BornAgainConfig, generation_dir, run_born_again
-from hfkd.mutual import MutualDistillationConfig
-from hfkd.recipes import main as run_recipe
-from hfkd.recipes import run_distillation, run_finetune, run_mutual_learning
-from hfkd.report import safetensors_size
-from hfkd.report_cli import eval_results, saved_parameter_count
+from hfkd.app.born_again import BornAgainConfig, generation_dir, run_born_again
+from hfkd.trainers.mutual import MutualDistillationConfig
+from hfkd.app.recipes import main as run_recipe
+from hfkd.app.recipes import run_distillation, run_finetune, run_mutual_learning
+from hfkd.report.measure import safetensors_size
+from hfkd.app.report_cli import eval_results, saved_parameter_count
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
 # Column flags per GLUE task (the recipe configs are SST-2's); train_size None = the full train split.
@@ -58,7 +58,7 @@ TASKS: dict[str, dict[str, Any]] = {
 
 def config_override_methods(steps: int) -> dict[str, list[str]]:
     """Rows that are the logit-KD run plus DistillationConfig flags (the published settings of each
-    family, hfkd.presets, on top of the same student, data and `steps`)."""
+    family, hfkd.objective.presets, on top of the same student, data and `steps`)."""
     first = steps // 2
     stages = [  # TinyBERT: intermediate layers (+ embeddings) first, then the prediction layer at T=1
         {"max_steps": first, "alpha_hidden": 1.0, "alpha_attention": 1.0, "alpha_kd": 0.0, "alpha_ce": 0.0},

@@ -21,10 +21,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
 from hfkd import create_student
-from hfkd.arguments import resolve_model_path
-from hfkd.recipes import main as run_recipe
-from hfkd.recipes import run_distillation, run_finetune
-from hfkd.report_cli import summarize
+from hfkd.app.arguments import resolve_model_path
+from hfkd.app.recipes import main as run_recipe
+from hfkd.app.recipes import run_distillation, run_finetune
+from hfkd.app.report_cli import summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "recipes", "configs")

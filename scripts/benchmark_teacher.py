@@ -3,7 +3,7 @@
     python scripts/benchmark_teacher.py --teacher outputs/sst2/teacher [--batches 40] [--output teacher.json]
 
 For a fine-tuned SST-2 teacher (`make demo` writes one to outputs/sst2/teacher) and each option of
-`hfkd.fast_teacher.speed_up_teacher` — fp32 (reference), bfloat16, int8 dynamic quantization
+`hfkd.teacher.fast.speed_up_teacher` — fp32 (reference), bfloat16, int8 dynamic quantization
 (CPU only), torch.compile, int8 + compile — this measures:
 - forward speed on SST-2 training batches (batch 32, dynamic padding, max 64 tokens, inference
   mode): `--warmup` untimed batches, then `--batches` timed ones; samples/s and speed-up over fp32;
@@ -30,9 +30,9 @@ import transformers  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
-from hfkd.data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
-from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity  # noqa: E402
-from hfkd.report import atomic_write  # noqa: E402
+from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
+from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity  # noqa: E402
+from hfkd.report.measure import atomic_write  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {

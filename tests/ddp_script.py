@@ -11,10 +11,10 @@ from transformers import PreTrainedModel
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import seq_cls_dataset, seq_cls_pair  # noqa: E402
 
-import hfkd.model_card  # noqa: E402
-import hfkd.trainer  # noqa: E402
+import hfkd.report.model_card  # noqa: E402
+import hfkd.trainers.distillation  # noqa: E402
 from hfkd import DistillationConfig, DistillationTrainer  # noqa: E402
-from hfkd.recipes import finish_process  # noqa: E402
+from hfkd.app.recipes import finish_process  # noqa: E402
 
 WRITES: list[str] = []
 
@@ -31,8 +31,8 @@ def record_writes(owner: object, name: str) -> None:
 
 
 record_writes(PreTrainedModel, "save_pretrained")  # the student, in checkpoints and at the end
-record_writes(hfkd.model_card, "write_model_card")
-record_writes(hfkd.trainer, "save_file")  # hfkd_projections.safetensors in checkpoints
+record_writes(hfkd.report.model_card, "write_model_card")
+record_writes(hfkd.trainers.distillation, "save_file")  # hfkd_projections.safetensors in checkpoints
 
 
 class RecordingCollator:

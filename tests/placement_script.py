@@ -1,4 +1,4 @@
-"""Two CPU processes over gloo place a teacher with `hfkd.placement` (for test_placement_multiprocess.py).
+"""Two CPU processes over gloo place a teacher with `hfkd.teacher.placement` (for test_placement_multiprocess.py).
 
     python tests/placement_script.py {zero3,zero2,fsdp1,fsdp2} OUTPUT_DIR
 
@@ -89,7 +89,7 @@ def run(rank: int, mode: str, output_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from transformers import BertForSequenceClassification
 
-    from hfkd.placement import is_sharded, prepare_teacher
+    from hfkd.teacher.placement import is_sharded, prepare_teacher
 
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(bert_config(layers=2, hidden=32))

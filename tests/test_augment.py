@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
-from hfkd.augment import AUGMENTED_COLUMN, AugmentationSettings, _Augmenter, augment_dataset, load_masked_lm
-from hfkd.data import DataArguments, DataError
+from hfkd.transfer.augment import AUGMENTED_COLUMN, AugmentationSettings, _Augmenter, augment_dataset, load_masked_lm
+from hfkd.app.task_data import DataArguments, DataError
 
 WORDS = ["good", "bad", "movie", "film", "great", "awful", "plot", "actor", "fun", "dull", "very", "quite"]
 
@@ -118,7 +118,7 @@ def test_teacher_cache_of_plain_data_is_refused_for_augmented_data(tmp_path):
     """cache-teacher without augmentation, distill with it: refused; cache-teacher with it: used."""
     from transformers import AutoTokenizer
 
-    from hfkd.recipes import main, run_cache_teacher, run_distillation
+    from hfkd.app.recipes import main, run_cache_teacher, run_distillation
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     torch.manual_seed(0)

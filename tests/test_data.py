@@ -1,4 +1,4 @@
-"""hfkd.data: loading local files, label handling, tokenization per task, and every error path."""
+"""hfkd.app.task_data: loading local files, label handling, tokenization per task, and every error path."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import datasets
 import pytest
 from transformers import BertTokenizerFast, BertTokenizerLegacy, HfArgumentParser
 
-from hfkd.data import (
+from hfkd.app.task_data import (
     DataArguments,
     DataError,
     build_data_collator,

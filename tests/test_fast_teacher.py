@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from conftest import seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
-from hfkd.validation import DistillationSetupError
+from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity
+from hfkd.models import DistillationSetupError
 
 INPUTS = ("input_ids", "attention_mask")
 

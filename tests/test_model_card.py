@@ -1,4 +1,4 @@
-"""Tests for hfkd.model_card: Hub-readable front matter and a body with settings and the DM table."""
+"""Tests for hfkd.report.model_card: Hub-readable front matter and a body with settings and the DM table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from hfkd.model_card import build_model_card, write_model_card
+from hfkd.report.model_card import build_model_card, write_model_card
 
 SETTINGS = {
     "kd_loss": "kl",

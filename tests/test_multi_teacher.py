@@ -9,8 +9,8 @@ from transformers import BertForSequenceClassification, default_data_collator
 
 from conftest import bert_config, seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer, build_teacher_cache
-from hfkd.teacher_cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
-from hfkd.validation import DistillationSetupError
+from hfkd.teacher.cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
+from hfkd.models import DistillationSetupError
 
 T = 2.0
 WEIGHTS = [3.0, 1.0]  # normalised to 0.75, 0.25

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from conftest import VOCAB, bert_config, seq_cls_dataset
-from hfkd.mutual import MutualDistillationConfig, MutualDistillationTrainer, peer_dir
+from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer, peer_dir
 
 
 def config(tmp_path, **kw):
@@ -160,7 +160,7 @@ def test_mutual_learning_beats_training_alone_on_noisy_labels(tmp_path):
 
 
 def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
-    """`resume_from_checkpoint=True` takes the newest *complete* checkpoint (hfkd.checkpoints), as
+    """`resume_from_checkpoint=True` takes the newest *complete* checkpoint (hfkd.trainers.checkpoints), as
     DistillationTrainer does; a truncated trainer_state.json marks the newer one as incomplete."""
     data = seq_cls_dataset(n=16)
     trainer = MutualDistillationTrainer(peers=peers(2), args=config(tmp_path, max_steps=4, save_strategy="steps",

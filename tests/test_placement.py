@@ -21,8 +21,8 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 from conftest import REPO_ROOT, bert_config
 from hfkd import create_student
-from hfkd.checkpoints import checkpoint_problem
-from hfkd.placement import (
+from hfkd.trainers.checkpoints import checkpoint_problem
+from hfkd.teacher.placement import (
     DEEPSPEED,
     DEVICE,
     FSDP,

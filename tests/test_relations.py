@@ -10,8 +10,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from conftest import seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.losses import relation_kl_loss, relation_log_probs
-from hfkd.relations import QKVCapture, RelationDistiller, parse_relations
+from hfkd.objective.losses import relation_kl_loss, relation_log_probs
+from hfkd.objective.relations import QKVCapture, RelationDistiller, parse_relations
 
 
 def config(tmp_path, **kw):

@@ -1,4 +1,4 @@
-"""Tests for hfkd.report: the distillation metric, measurements and the written report."""
+"""Tests for hfkd.report.measure: the distillation metric, measurements and the written report."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from transformers import (
     BertForTokenClassification,
 )
 
-from hfkd.report import (
+from hfkd.report.measure import (
     build_report,
     count_parameters,
     distillation_metric,

@@ -3,7 +3,7 @@
 import re
 
 from conftest import REPO_ROOT
-from hfkd.arguments import ModelArguments
+from hfkd.app.arguments import ModelArguments
 
 
 def _sources():

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.schedules import schedule_value
+from hfkd.objective.schedules import schedule_value
 
 
 def config(tmp_path, **kw):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.stages import parse_stages, stage_boundaries, stage_index
+from hfkd.objective.stages import parse_stages, stage_boundaries, stage_index
 
 BASE = {"alpha_ce": 0.5, "alpha_kd": 0.5, "alpha_hidden": 0.0, "alpha_attention": 0.0, "alpha_relation": 0.0}
 INTERMEDIATE = {"alpha_hidden": 1.0, "alpha_attention": 1.0, "alpha_kd": 0.0, "alpha_ce": 0.0}

@@ -1,4 +1,4 @@
-"""Tests for hfkd.student: layer-stack discovery, depth- and width-reduced students."""
+"""Tests for hfkd.student.create: layer-stack discovery, depth- and width-reduced students."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from hfkd.student import create_student, find_layer_stack, hidden_size, num_layers
+from hfkd.student.create import create_student, find_layer_stack, hidden_size, num_layers
 
 VOCAB = 100
 

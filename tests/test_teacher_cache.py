@@ -19,7 +19,7 @@ from transformers import (
 
 from conftest import VOCAB, bert_config, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.teacher_cache import (
+from hfkd.teacher.cache import (
     FINGERPRINT_NAME,
     TEACHER_LOGITS,
     TEACHER_TOPK_INDICES,
@@ -235,9 +235,9 @@ def test_teacher_is_still_required_without_a_cache_or_for_hidden_terms(tmp_path,
 
 @pytest.mark.parametrize("top_k", [None, 3])
 def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, capsys, top_k):
-    from hfkd.cli import main as cli
-    from hfkd.recipes import main as recipe
-    from hfkd.recipes import run_distillation
+    from hfkd.app.cli import main as cli
+    from hfkd.app.recipes import main as recipe
+    from hfkd.app.recipes import run_distillation
 
     teacher, _ = seq_cls_pair()
     teacher.save_pretrained(tmp_path / "teacher")
@@ -296,7 +296,7 @@ def test_top_k_cache_with_k_equal_vocab_trains_like_online(tmp_path, tokenizer, 
     data, collator = ragged_dataset(), DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
     online = train(tmp_path, "online", student, teacher, data, collator)
-    with caplog.at_level("INFO", logger="hfkd.teacher_cache"):
+    with caplog.at_level("INFO", logger="hfkd.teacher.cache"):
         cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=VOCAB, temperature=2.0)
     messages = [r.getMessage() for r in caplog.records]
     assert "GiB of top-100 log-probabilities (T=2.0)" in messages[0] and "rows in" in messages[-1]

@@ -17,8 +17,8 @@ from transformers import (
 
 from conftest import VOCAB, bert_config, seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.trainer import PROJECTIONS_NAME
-from hfkd.validation import DistillationSetupError, require_attentions
+from hfkd.trainers.distillation import PROJECTIONS_NAME
+from hfkd.models import DistillationSetupError, require_attentions
 
 
 def config(tmp_path, **kw):

@@ -21,18 +21,18 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hfkd.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
-from hfkd.checkpoints import checked_resume_checkpoint
+from hfkd.student.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
+from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.config import DistillationConfig
-from hfkd.fast_teacher import speed_up_teacher, teacher_fidelity
-from hfkd.layer_mapping import resolve_layer_mapping
-from hfkd.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES, task_ce_loss
-from hfkd.multi_teacher import TeacherEnsemble, check_combination
-from hfkd.placement import DEVICE, prepare_teacher, teacher_placement
-from hfkd.relations import RelationDistiller, parse_relations
-from hfkd.schedules import DistillationSchedule
-from hfkd.stages import LOSS_TERMS, stage_index, stage_unit
-from hfkd.teacher_cache import (
+from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity
+from hfkd.objective.layer_mapping import resolve_layer_mapping
+from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES, task_ce_loss
+from hfkd.teacher.ensemble import TeacherEnsemble, check_combination
+from hfkd.teacher.placement import DEVICE, prepare_teacher, teacher_placement
+from hfkd.objective.relations import RelationDistiller, parse_relations
+from hfkd.objective.schedules import DistillationSchedule
+from hfkd.objective.stages import LOSS_TERMS, stage_index, stage_unit
+from hfkd.teacher.cache import (
     CACHE_COLUMNS,
     TEACHER_LOGITS,
     TEACHER_TOPK_LOGPROBS,
@@ -40,7 +40,7 @@ from hfkd.teacher_cache import (
     check_cache_fits,
     has_teacher_cache,
 )
-from hfkd.validation import (
+from hfkd.models import (
     DistillationSetupError,
     check_teacher_student_compatibility,
     forward_arg_names,
@@ -70,15 +70,15 @@ class DistillationTrainer(Trainer):
         teacher_model: a model, or a name/path loaded with the student's Auto class and
             `args.teacher_model_init_kwargs` (a PEFT adapter folder loads merged into its base), or
             a list of those: several teachers, combined per `args.teacher_weights` and
-            `args.teacher_combination` (`hfkd.multi_teacher`). Frozen, in eval mode, and placed for
-            the engine by `hfkd.placement` (on the device; a DeepSpeed engine; FSDP-sharded). May be
+            `args.teacher_combination` (`hfkd.teacher.ensemble`). Frozen, in eval mode, and placed for
+            the engine by `hfkd.teacher.placement` (on the device; a DeepSpeed engine; FSDP-sharded). May be
             None when only `alpha_ce` is active, or when only logit terms are and `train_dataset`
-            carries cached teacher logits (`hfkd.teacher_cache.load_teacher_cache`).
+            carries cached teacher logits (`hfkd.teacher.cache.load_teacher_cache`).
         args: a `DistillationConfig`.
         teacher_processing_class: the teacher's tokenizer (or one per teacher), checked
             token-for-token against `processing_class` (the student's) when both are given.
         peft_config: a `peft.PeftConfig` (e.g. `LoraConfig`): train an adapter on the student
-            instead of all its weights (`hfkd.adapters`).
+            instead of all its weights (`hfkd.student.adapters`).
         dataset_names: datasets named in the model card (the first is the evaluation set).
         Every other argument is `transformers.Trainer`'s.
     """
@@ -119,7 +119,7 @@ class DistillationTrainer(Trainer):
         if not sources and (representations or (args.uses("kd") and not cached)):
             raise ValueError(
                 "alpha_kd/alpha_hidden/alpha_attention/alpha_relation > 0 need a teacher: pass teacher_model=..., "
-                "or (logit terms only) a train_dataset from hfkd.teacher_cache.load_teacher_cache, "
+                "or (logit terms only) a train_dataset from hfkd.teacher.cache.load_teacher_cache, "
                 "or set those weights to 0 to train on the labels alone."
             )
         self.ensemble = TeacherEnsemble.from_config(args.teacher_weights, args.teacher_combination, len(sources) or None)
@@ -265,7 +265,7 @@ class DistillationTrainer(Trainer):
         return loss
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        """Frozen, and placed for the engine (`hfkd.placement`); made cheaper only with its fidelity measured."""
+        """Frozen, and placed for the engine (`hfkd.teacher.placement`); made cheaper only with its fidelity measured."""
         args = self.args
         dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
         if not (args.teacher_quantization or args.teacher_compile):
@@ -339,7 +339,7 @@ class DistillationTrainer(Trainer):
         model_inputs = _only(inputs, self._student_inputs, drop=("labels",))
         with self.relations.student.capture() if want_relation else nullcontext() as student_qkv:
             outputs = model(**model_inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
-        # Cached teacher outputs: [logits], or [top-k log-probs, top-k ids] (hfkd.teacher_cache).
+        # Cached teacher outputs: [logits], or [top-k log-probs, top-k ids] (hfkd.teacher.cache).
         cached = [inputs[name] for name in CACHE_COLUMNS if name in inputs]
         teacher_out = None
         representations = want_hidden or want_attn or want_relation
@@ -367,7 +367,7 @@ class DistillationTrainer(Trainer):
             ce_labels = labels_t if mask is None else labels_t[mask]
             ce_logits = logits if mask is None else logits[mask]
             terms["ce_loss"] = task_ce_loss(ce_logits, ce_labels, reduction="sum")
-        temperature = self.schedule.current["temperature"]  # this step's (hfkd.schedules)
+        temperature = self.schedule.current["temperature"]  # this step's (hfkd.objective.schedules)
         if weights["kd"] > 0:
             if TEACHER_TOPK_LOGPROBS in inputs:  # one teacher's top-k log-probs at the cache's temperature
                 targets, kd_losses = [self._aligned(t, None, None)[0] for t in cached], TOPK_KD_LOSSES
@@ -415,8 +415,8 @@ class DistillationTrainer(Trainer):
 
     def current_loss_weights(self) -> dict[str, float]:
         """Weight of each term ('ce', 'kd', 'hidden', 'attention', 'relation') for the step being
-        computed: the active stage's with `stages` (hfkd.stages), else the loss-weight schedule's
-        (hfkd.schedules; constant by default). compute_loss reads its weights only here."""
+        computed: the active stage's with `stages` (hfkd.objective.stages), else the loss-weight schedule's
+        (hfkd.objective.schedules; constant by default). compute_loss reads its weights only here."""
         if self.args.stages:
             return self.args.loss_weights(self.state.global_step, self.state.max_steps)
         return {term: self.schedule.current[f"alpha_{term}"] for term in LOSS_TERMS}
@@ -583,7 +583,7 @@ class DistillationTrainer(Trainer):
     def write_model_card(self, output_dir: str, model_name: str | None = None, license: str | None = None,
                          dataset: str | list[str] | None = None, report: dict | None = None) -> None:
         """README.md with Hub metadata, the distillation settings and (if measured) the report."""
-        from hfkd.model_card import build_model_card, write_model_card
+        from hfkd.report.model_card import build_model_card, write_model_card
 
         report_path = os.path.join(output_dir, "report", "report.json")
         if report is None and os.path.isfile(report_path):
@@ -676,7 +676,7 @@ class DistillationTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """Stock `train()`; a checkpoint a kill left half-written is never resumed from
-        (`hfkd.checkpoints.checked_resume_checkpoint`)."""
+        (`hfkd.trainers.checkpoints.checked_resume_checkpoint`)."""
         resume = checked_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         return super().train(resume, *args, **kwargs)
 

@@ -17,13 +17,13 @@ What is stored, per row (float32):
   `teacher_topk_logprobs` `[..., k+1]`, float32, the log-probabilities log_softmax(z/T) of those k
   classes at the distillation temperature T followed by the log of the mass outside them (-inf when
   k = classes), and `teacher_topk_indices` `[..., k]`, int32, their class ids. The KD term then
-  compares the student on those k+1 buckets (`hfkd.losses.TOPK_KD_LOSSES`: kl and ce).
+  compares the student on those k+1 buckets (`hfkd.objective.losses.TOPK_KD_LOSSES`: kl and ce).
   Log-probabilities at T rather than raw logits plus a normaliser: the rest mass depends on T either
   way (so T is in the fingerprint either way), and storing it as a log computed over the whole
   vocabulary at build time keeps it exact where the top-k hold nearly all the mass (1 - sum would
   cancel to 0 in float32); the KD targets are then read, not recomputed.
 Several teachers (a list) store their full logits side by side in teacher order, `[K * classes]` or
-`[length, K * classes]`; the trainer splits and combines them every step (`hfkd.multi_teacher`).
+`[length, K * classes]`; the trainer splits and combines them every step (`hfkd.teacher.ensemble`).
 A top-k cache holds one teacher.
 
 `fingerprint.json` records what the logits depend on: a sha256 of the teacher's weights (in the dtype
@@ -57,8 +57,8 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hfkd import __version__
-from hfkd.losses import TOPK_KD_LOSSES
-from hfkd.validation import forward_arg_names, task_of
+from hfkd.objective.losses import TOPK_KD_LOSSES
+from hfkd.models import forward_arg_names, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_TOPK_INDICES = "teacher_topk_indices"
 CACHE_COLUMNS = (TEACHER_LOGITS, TEACHER_TOPK_LOGPROBS, TEACHER_TOPK_INDICES)
 FINGERPRINT_NAME = "fingerprint.json"
-REBUILD_HINT = "rebuild it with `hfkd cache-teacher --config C.yaml` (or hfkd.teacher_cache.build_teacher_cache)"
+REBUILD_HINT = "rebuild it with `hfkd cache-teacher --config C.yaml` (or hfkd.teacher.cache.build_teacher_cache)"
 _SEQUENCE_TASKS = ("sequence_classification",)
 _POSITION_TASKS = ("token_classification", "causal_lm")
 _LABEL_COLUMNS = ("labels", "label", "label_ids")

@@ -248,7 +248,7 @@ KD_LOSSES: dict[str, Callable[..., Tensor]] = {
 }
 
 # ---------------------------------------------------------------- KD against a top-k teacher
-# A top-k teacher (`hfkd.teacher_cache` with `top_k`) is, per item, the log-probabilities at T of its
+# A top-k teacher (`hfkd.teacher.cache` with `top_k`) is, per item, the log-probabilities at T of its
 # k most likely classes plus the log of the mass left over, `teacher_logprobs` [..., k+1], and the
 # class ids of those k, `teacher_indices` [..., k]. The student is compared on the same k+1 buckets.
 

@@ -17,11 +17,11 @@ from typing import Sequence
 
 # command -> (module, recipe function, module of its config class, config class); imported on use.
 RECIPE_COMMANDS = {
-    "distill": ("hfkd.recipes", "run_distillation", "hfkd.config", "DistillationConfig"),
-    "finetune": ("hfkd.recipes", "run_finetune", "transformers", "TrainingArguments"),
-    "cache-teacher": ("hfkd.recipes", "run_cache_teacher", "hfkd.config", "DistillationConfig"),
-    "mutual": ("hfkd.recipes", "run_mutual_learning", "hfkd.mutual", "MutualDistillationConfig"),
-    "born-again": ("hfkd.born_again", "run_born_again", "hfkd.born_again", "BornAgainConfig"),
+    "distill": ("hfkd.app.recipes", "run_distillation", "hfkd.config", "DistillationConfig"),
+    "finetune": ("hfkd.app.recipes", "run_finetune", "transformers", "TrainingArguments"),
+    "cache-teacher": ("hfkd.app.recipes", "run_cache_teacher", "hfkd.config", "DistillationConfig"),
+    "mutual": ("hfkd.app.recipes", "run_mutual_learning", "hfkd.trainers.mutual", "MutualDistillationConfig"),
+    "born-again": ("hfkd.app.born_again", "run_born_again", "hfkd.app.born_again", "BornAgainConfig"),
 }
 COMMANDS = (*RECIPE_COMMANDS, "report")
 
@@ -33,12 +33,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
     if command == "report":
-        from hfkd.report_cli import main as report_main
+        from hfkd.app.report_cli import main as report_main
 
         report_main(rest)
         return
-    from hfkd.recipes import finish_process
-    from hfkd.recipes import main as run_recipe
+    from hfkd.app.recipes import finish_process
+    from hfkd.app.recipes import main as run_recipe
 
     module, function, config_module, config_class = RECIPE_COMMANDS[command]
     run_recipe(getattr(import_module(module), function), rest,

@@ -63,7 +63,7 @@ class AugmentationSettings:
 
 def load_masked_lm(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A masked LM and its (fast) tokenizer; a checkpoint without a trained MLM head is refused."""
-    from hfkd.arguments import resolve_model_path
+    from hfkd.app.arguments import resolve_model_path
 
     resolved = resolve_model_path(path)
     model, info = AutoModelForMaskedLM.from_pretrained(resolved, output_loading_info=True)
@@ -114,7 +114,7 @@ def augmentation_fingerprint(
     text_column: str,
 ) -> str:
     """Hash of everything the augmented rows depend on: `datasets` reuses its cache file under it."""
-    from hfkd.teacher_cache import state_dict_sha256, tokenizer_sha256
+    from hfkd.teacher.cache import state_dict_sha256, tokenizer_sha256
 
     parts = [data_fingerprint, state_dict_sha256(mlm), tokenizer_sha256(tokenizer), text_column,
              json.dumps(asdict(settings), sort_keys=True), "hfkd-augment-v1"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from hfkd.placement import is_zero3_partitioned
+from hfkd.teacher.placement import is_zero3_partitioned
 
 __all__ = ["create_student", "find_layer_stack", "hidden_size", "num_layers"]
 

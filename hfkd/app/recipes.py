@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
-from hfkd.arguments import ModelArguments, parse_args, resolve_model_path
+from hfkd.student.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
+from hfkd.app.arguments import ModelArguments, parse_args, resolve_model_path
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
-from hfkd.data import (
+from hfkd.app.task_data import (
     DataArguments,
     build_data_collator,
     load_raw_datasets,
@@ -29,10 +29,10 @@ from hfkd.data import (
     prepare_token_classification_datasets,
 )
 from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_loss, preprocess_logits_for_metrics
-from hfkd.mutual import MutualDistillationConfig, MutualDistillationTrainer
-from hfkd.student import create_student
-from hfkd.trainer import DistillationTrainer
-from hfkd.validation import TASK_AUTO_CLASSES, is_default_labels
+from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer
+from hfkd.student.create import create_student
+from hfkd.trainers.distillation import DistillationTrainer
+from hfkd.models import TASK_AUTO_CLASSES, is_default_labels
 
 logger = logging.getLogger(__name__)
 TASKS = tuple(TASK_AUTO_CLASSES)
@@ -104,8 +104,8 @@ def train_and_save(trainer: Trainer, task: str) -> dict[str, float]:
 
 def _report(trainer: DistillationTrainer, task: str) -> None:
     """Teacher vs the saved student on the eval set: report files, and the card gains the table."""
-    from hfkd.placement import is_sharded
-    from hfkd.report import build_report, write_report
+    from hfkd.teacher.placement import is_sharded
+    from hfkd.report.measure import build_report, write_report
 
     args = trainer.args
     if is_sharded(trainer.teacher):
@@ -401,7 +401,7 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
 
     `hfkd distill` with the same config then trains from the cache (see `use_teacher_cache`).
     """
-    from hfkd.teacher_cache import build_teacher_cache
+    from hfkd.teacher.cache import build_teacher_cache
 
     if not args.teacher_cache_dir:
         raise ValueError("cache-teacher needs teacher_cache_dir: set the folder the cache is written to.")
@@ -434,7 +434,7 @@ def use_teacher_cache(
     A missing cache means online distillation (with a warning); a stale one is refused. Casts the
     teachers to the device and `teacher_dtype` the trainer would, since the fingerprint hashes their weights.
     """
-    from hfkd.teacher_cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
+    from hfkd.teacher.cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
 
     cache_dir = args.teacher_cache_dir
     if not cache_dir or "train" not in datasets:
@@ -455,7 +455,7 @@ def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrai
 
 
 def _cache_fingerprint_extra(tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:
-    from hfkd.teacher_cache import tokenizer_sha256
+    from hfkd.teacher.cache import tokenizer_sha256
 
     extra = {"tokenizer_sha256": tokenizer_sha256(tokenizer), "max_length": data_args.max_seq_length,
              "block_size": data_args.block_size}

@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from hfkd.adapters import base_model, load_pretrained
+from hfkd.student.adapters import base_model, load_pretrained
 
 # Task heads recognised by class-name suffix, with the Auto class that loads each.
 TASK_AUTO_CLASSES = {
@@ -57,7 +57,7 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
     """Return the teacher model, loading a name/path with the student's task Auto class.
 
     A folder holding a PEFT adapter (`adapter_config.json`) loads its base model, applies the
-    adapter and merges it (`hfkd.adapters.load_pretrained`).
+    adapter and merges it (`hfkd.student.adapters.load_pretrained`).
     """
     if isinstance(teacher, nn.Module):
         return teacher

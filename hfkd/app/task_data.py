@@ -169,10 +169,10 @@ class DataArguments:
             self.augmentation_settings()  # validates prob and top_k
 
     def augmentation_settings(self) -> Any:
-        """The `hfkd.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""
+        """The `hfkd.transfer.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""
         if not self.augment_copies:
             return None
-        from hfkd.augment import AugmentationSettings
+        from hfkd.transfer.augment import AugmentationSettings
 
         try:
             return AugmentationSettings(copies=self.augment_copies, probability=self.augment_prob,
@@ -259,7 +259,7 @@ def prepare_classification_datasets(
         if split not in labeled and args.label_column in dataset.column_names:
             dataset = dataset.remove_columns(args.label_column)
         if split == "train" and args.augment_copies:
-            from hfkd.augment import augment_train_split
+            from hfkd.transfer.augment import augment_train_split
 
             dataset = augment_train_split(dataset, text_column, args.augment_mlm, args.augmentation_settings())
         processed[split] = dataset.map(

@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from hfkd.report import atomic_write, report_to_markdown
+from hfkd.report.measure import atomic_write, report_to_markdown
 
 # hfkd task names (hfkd.metrics.TASKS, with "_" or "-") and Hub pipeline tags
 # -> (pipeline tag, Auto class to load with)
@@ -58,7 +58,7 @@ def build_model_card(
 
     `metrics` are scores on `dataset_names[0]` (the evaluation set); Trainer-style `eval_` prefixes
     and bookkeeping entries (runtime, loss, ...) are dropped. `task` is an hfkd task name or a Hub
-    pipeline tag. `report` is `hfkd.report.build_report`'s output, rendered with its DM ranking.
+    pipeline tag. `report` is `hfkd.report.measure.build_report`'s output, rendered with its DM ranking.
     """
     if not dataset_names:
         raise ValueError("dataset_names must name at least the evaluation dataset.")

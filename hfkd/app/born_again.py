@@ -25,11 +25,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, set_seed
 
-from hfkd.arguments import ModelArguments, resolve_model_path
+from hfkd.app.arguments import ModelArguments, resolve_model_path
 from hfkd.config import DistillationConfig
-from hfkd.data import DataArguments, build_data_collator, load_raw_datasets
+from hfkd.app.task_data import DataArguments, build_data_collator, load_raw_datasets
 from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
-from hfkd.recipes import (
+from hfkd.app.recipes import (
     build_student,
     card_dataset_names,
     check_output_dir,
@@ -41,8 +41,8 @@ from hfkd.recipes import (
     task_trainer_kwargs,
     train_and_save,
 )
-from hfkd.report import atomic_write, evaluate_model
-from hfkd.trainer import PROJECTIONS_ATTR, DistillationTrainer
+from hfkd.report.measure import atomic_write, evaluate_model
+from hfkd.trainers.distillation import PROJECTIONS_ATTR, DistillationTrainer
 
 GENERATION_DIR = "gen_{}"
 SUMMARY_NAME = "born_again"

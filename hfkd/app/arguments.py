@@ -123,7 +123,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         raise ValueError(f"unrecognised arguments {rest}; see --help.")
     preset = getattr(namespace, "preset", None)
     if preset is not None:
-        from hfkd.presets import preset_settings
+        from hfkd.objective.presets import preset_settings
 
         given = set(defaults) | _flags_given(parser, argv)
         for key, value in preset_settings(preset).items():

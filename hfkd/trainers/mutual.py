@@ -5,7 +5,7 @@ plus the distance from its predictions to every other peer's *current* predictio
 
     L_i = alpha_ce·CE(p_i, y) + alpha_kd·w_i·mean_{j≠i} KD(p_i ‖ p_j.detach())
 
-with `KD` any loss of `hfkd.losses.KD_LOSSES` (`kd_loss`, `temperature`; DML's own choice is
+with `KD` any loss of `hfkd.objective.losses.KD_LOSSES` (`kd_loss`, `temperature`; DML's own choice is
 `kl` at T = 1). `MutualDistillationTrainer` is a `transformers.Trainer` over `PeerEnsemble`, one
 module holding every peer, so one optimizer, one schedule, Accelerate/DDP and checkpointing treat
 all peers as one model. `w_i` (`peer_kd_weights`, default 1) lets a peer ignore the others:
@@ -33,11 +33,11 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_loss, find_labels
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from hfkd.checkpoints import checked_resume_checkpoint
+from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.config import DistillationConfig
-from hfkd.losses import KD_LOSSES, task_ce_loss
-from hfkd.trainer import _only, flush_term_means
-from hfkd.validation import forward_arg_names, is_causal_lm
+from hfkd.objective.losses import KD_LOSSES, task_ce_loss
+from hfkd.trainers.distillation import _only, flush_term_means
+from hfkd.models import forward_arg_names, is_causal_lm
 
 PEER_DIR = "peer{}"
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from safetensors import safe_open
 
-from hfkd.report import distillation_metric
+from hfkd.report.measure import distillation_metric
 
 
 def saved_parameter_count(model_dir: str) -> int:
@@ -83,11 +83,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
-    from hfkd.arguments import load_yaml_config
-    from hfkd.data import DataArguments, build_data_collator, load_raw_datasets
+    from hfkd.app.arguments import load_yaml_config
+    from hfkd.app.task_data import DataArguments, build_data_collator, load_raw_datasets
     from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
-    from hfkd.recipes import prepare_task_data
-    from hfkd.report import build_report, write_report
+    from hfkd.app.recipes import prepare_task_data
+    from hfkd.report.measure import build_report, write_report
 
     options = parse(argv)
     config = load_yaml_config(options.config) if options.config else {}

@@ -1,0 +1,1 @@
+"""Transfer sets: data made for the teacher to label (TinyBERT-style augmentation)."""
