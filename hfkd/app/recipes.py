@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from hfkd.student.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
-from hfkd.app.arguments import ModelArguments, parse_args, resolve_model_path
+from hfkd.app.arguments import ModelArguments, parse_args
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.app.task_data import (
     DataArguments,
@@ -32,7 +32,7 @@ from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_
 from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer
 from hfkd.student.create import create_student
 from hfkd.trainers.distillation import DistillationTrainer
-from hfkd.models import TASK_AUTO_CLASSES, is_default_labels
+from hfkd.models import TASK_AUTO_CLASSES, is_default_labels, resolve_model_path
 
 logger = logging.getLogger(__name__)
 TASKS = tuple(TASK_AUTO_CLASSES)

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hfkd.models import resolve_model_path
+
 logger = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -63,7 +65,6 @@ class AugmentationSettings:
 
 def load_masked_lm(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A masked LM and its (fast) tokenizer; a checkpoint without a trained MLM head is refused."""
-    from hfkd.app.arguments import resolve_model_path
 
     resolved = resolve_model_path(path)
     model, info = AutoModelForMaskedLM.from_pretrained(resolved, output_loading_info=True)
