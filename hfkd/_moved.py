@@ -17,7 +17,7 @@ import warnings
 from typing import Any
 
 MOVED_MODULES: dict[str, tuple[str, ...]] = {
-    "hfkd.trainer": ("hfkd.trainers.distillation", "hfkd.trainers.base"),
+    "hfkd.trainer": ("hfkd.trainers.distillation", "hfkd.trainers.base", "hfkd.objective.projections"),
     "hfkd.mutual": ("hfkd.trainers.mutual",),
     "hfkd.checkpoints": ("hfkd.trainers.checkpoints",),
     "hfkd.losses": ("hfkd.objective.losses",),

@@ -6,22 +6,25 @@ command-line flag, and `__post_init__` rejects impossible settings before any co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import TrainingArguments
 
 from hfkd.teacher.fast import TEACHER_QUANTIZATIONS
-from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, TOPK_KD_LOSSES
+from hfkd.teacher.loading import parse_dtype
+from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, require_topk_loss
 from hfkd.teacher.ensemble import TEACHER_COMBINATIONS, check_teacher_weights
 from hfkd.objective.presets import PRESETS, apply_preset, preset_settings
 from hfkd.objective.relations import parse_relations
 from hfkd.objective.schedules import SCHEDULES, check_schedule_settings
-from hfkd.objective.stages import LOSS_TERMS, WEIGHT_KEYS, loss_weights_at, parse_stages, stage_unit, total_length
+from hfkd.objective.stages import loss_weights_at, parse_stages, stage_unit, total_length
+from hfkd.objective.terms import TERMS, check_weights
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "pkd_skip", "last", "skip")
 PROJECTION_INITS = ("xavier", "normal", "identity")
@@ -33,7 +36,8 @@ class DistillationConfig(TrainingArguments):
 
     The training loss is exactly
     `alpha_ce * CE(student, labels) + alpha_kd * KD + alpha_hidden * HIDDEN + alpha_attention * ATTN
-    + alpha_relation * RELATION`, each term logged separately (`ce_loss`, `kd_loss`, ...). With
+    + alpha_relation * RELATION + Σ term_weights[name] * NAME` (terms added with `hfkd.register_term`),
+    each term logged separately (`ce_loss`, `kd_loss`, ...). With
     `stages`, the weights are those of the stage the current step is in. `preset` fills the fields
     left at their default with a published recipe's settings (see `hfkd.objective.presets`).
 
@@ -65,6 +69,13 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "Weight of the self-attention relation term (MiniLM/MiniLMv2): KL between the "
             "teacher's and student's softmax(X·Y^T/sqrt(d)) relations of Q/K/V (see `relations`)."
+        },
+    )
+    term_weights: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Weights of terms registered with hfkd.register_term (dict or JSON string), e.g. "
+            '{"margin": 0.5}; stages and loss_weights_end name them as alpha_<name>.'
         },
     )
     kd_loss: str = field(
@@ -124,6 +135,14 @@ class DistillationConfig(TrainingArguments):
             "'skip' (the teacher layers the student was copied from), or a JSON list of "
             "[student, teacher] hidden-state indices (0 = embedding output)."
         },
+    )
+    hidden_layer_mapping: str | None = field(
+        default=None,
+        metadata={"help": "Layer map of the hidden-state term alone (same forms as layer_mapping; default: layer_mapping)."},
+    )
+    attention_layer_mapping: str | None = field(
+        default=None,
+        metadata={"help": "Layer map of the attention term alone (same forms as layer_mapping; default: layer_mapping)."},
     )
     include_embeddings: bool = field(
         default=False,
@@ -274,6 +293,7 @@ class DistillationConfig(TrainingArguments):
             self.use_cpu = True  # `accelerate launch --multi_gpu` without GPUs: DDP over gloo on the CPU
         if self.preset is not None:
             apply_preset(self, self.preset)
+        self.term_weights = _parse_term_weights(self.term_weights)
         if self.stages is not None:
             self._set_length_from_stages()
         super().__post_init__()
@@ -283,14 +303,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"temperature must be > 0, got {self.temperature}; typical values are 1 to 8."
             )
-        for name, value in self.base_loss_weights.items():
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
-        if self.stages is None and all(value == 0 for value in self.base_loss_weights.values()):
-            raise ValueError(
-                f"all loss weights ({', '.join(WEIGHT_KEYS)}) are 0: nothing would be trained; "
-                "set at least one > 0."
-            )
+        check_weights(self.base_loss_weights, allow_all_zero=self.stages is not None)
+        self._check_unused_fields()
         parse_relations(self.relations)
         for name in ("relation_heads", "relation_teacher_layer", "relation_student_layer"):
             value = getattr(self, name)
@@ -315,16 +329,13 @@ class DistillationConfig(TrainingArguments):
                     f"teacher_cache_top_k must be an int >= 1 (e.g. 50), got {self.teacher_cache_top_k!r}; "
                     "unset it to cache all logits."
                 )
-            if self.kd_loss not in TOPK_KD_LOSSES:
-                raise ValueError(
-                    f"kd_loss={self.kd_loss!r} needs the teacher's full distribution, which a top-k teacher "
-                    f"cache does not keep: use kd_loss in {sorted(TOPK_KD_LOSSES)} or unset teacher_cache_top_k."
-                )
+            require_topk_loss(self.kd_loss, "unset teacher_cache_top_k")
             if self.temperature_schedule != "constant":
                 raise ValueError(
                     "a top-k teacher cache holds log-probabilities at one temperature, so temperature_schedule "
                     "must be 'constant': unset teacher_cache_top_k (full logits) or the schedule."
                 )
+        parse_dtype(self.teacher_dtype)
         if self.teacher_quantization is not None:
             _check_choice("teacher_quantization", self.teacher_quantization, TEACHER_QUANTIZATIONS)
         if self.teacher_compile and self.uses("relation"):
@@ -343,6 +354,9 @@ class DistillationConfig(TrainingArguments):
                 "step: use nonfinite_loss='raise' (DeepSpeed's fp16 loss scaler skips overflowing steps itself)."
             )
         self.layer_mapping = _parse_layer_mapping(self.layer_mapping)
+        for name in ("hidden_layer_mapping", "attention_layer_mapping"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _parse_layer_mapping(getattr(self, name), name))
         if isinstance(self.teacher_model_init_kwargs, str):
             self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
         if isinstance(self.loss_weights_end, str):
@@ -386,10 +400,25 @@ class DistillationConfig(TrainingArguments):
                 )
             self.num_train_epochs = length
 
+    # Fields a family of trainers cannot honour (refused at construction unless at their default).
+    unsupported_fields: ClassVar[tuple[str, ...]] = ()
+
+    def _check_unused_fields(self) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        for name in self.unsupported_fields:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"{type(self).__name__} does not use {name} (got {getattr(self, name)!r}): leave it at its "
+                    f"default {defaults[name]!r}, or use DistillationConfig/DistillationTrainer for it."
+                )
+
     @property
     def base_loss_weights(self) -> dict[str, float]:
-        """The top-level weights by field name (`alpha_kd`, ...); stages override them."""
-        return {key: getattr(self, key) for key in WEIGHT_KEYS}
+        """The top-level weight of every registered term by key (`alpha_kd`, ..., `alpha_<name>` of
+        user terms from `term_weights`); stages override them."""
+        user = self.term_weights or {}
+        return {term.weight_key: getattr(self, term.weight_key) if term.builtin else user.get(term.name, 0.0)
+                for term in TERMS.values()}
 
     def loss_weights(self, step: int = 0, total_steps: int = 1) -> dict[str, float]:
         """Weight of each term ('ce', 'kd', ...) at optimizer step `step` of a `total_steps` run."""
@@ -397,12 +426,23 @@ class DistillationConfig(TrainingArguments):
 
     def uses(self, term: str) -> bool:
         """Whether the `term` loss ('kd', 'hidden', ...) has a weight > 0 at some point of the run."""
-        return any(weights[f"alpha_{term}"] > 0 for weights in (self.stages or [self.base_loss_weights]))
+        return any(weights.get(f"alpha_{term}", 0.0) > 0 for weights in (self.stages or [self.base_loss_weights]))
+
+    def used_terms(self) -> list[Any]:
+        return [term for name, term in TERMS.items() if self.uses(name)]
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether any active term compares against the teacher (CE alone needs none)."""
-        return any(self.uses(term) for term in LOSS_TERMS if term != "ce")
+        """Whether any term used in the run compares against the teacher (CE alone needs none)."""
+        return any(term.needs_teacher for term in self.used_terms())
+
+    def needs_output(self, need: str) -> bool:
+        """Whether a term used in the run needs `need` ('attentions', 'hidden_states', ...; `hfkd.objective.terms.NEEDS`)."""
+        return any(need in term.needs for term in self.used_terms())
+
+    def layer_mapping_of(self, term: str) -> str | list[tuple[int, int]]:
+        """The layer map of `term`: its own `<term>_layer_mapping` field when set, else `layer_mapping`."""
+        return getattr(self, f"{term}_layer_mapping", None) or self.layer_mapping
 
 
 def cpu_only_multiprocess() -> bool:
@@ -420,7 +460,29 @@ def _check_choice(name: str, value: str, choices: Any) -> None:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {sorted(choices)}.")
 
 
-def _parse_layer_mapping(value: Any) -> str | list[tuple[int, int]]:
+def _parse_term_weights(value: Any) -> dict[str, float] | None:
+    """`term_weights` as a dict of registered, non-built-in term names (JSON text accepted)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"term_weights={value!r} is not JSON; write e.g. '{{\"margin\": 0.5}}'.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"term_weights must map term names to weights, got {value!r}.")
+    for name in value:
+        if name not in TERMS:
+            raise ValueError(
+                f"term_weights names {name!r}, which is not registered: call hfkd.register_term({name!r}, ...) "
+                f"before building the config (registered: {sorted(TERMS)})."
+            )
+        if TERMS[name].builtin:
+            raise ValueError(f"term_weights names the built-in term {name!r}: set alpha_{name} instead.")
+    return dict(value)
+
+
+def _parse_layer_mapping(value: Any, name: str = "layer_mapping") -> str | list[tuple[int, int]]:
     """Accept a strategy name, a JSON string of pairs, or a list of pairs."""
     if isinstance(value, str):
         if value in LAYER_MAPPING_STRATEGIES:
@@ -429,12 +491,12 @@ def _parse_layer_mapping(value: Any) -> str | list[tuple[int, int]]:
             value = json.loads(value)
         except json.JSONDecodeError:
             raise ValueError(
-                f"layer_mapping={value!r} is neither one of {list(LAYER_MAPPING_STRATEGIES)} nor a "
+                f"{name}={value!r} is neither one of {list(LAYER_MAPPING_STRATEGIES)} nor a "
                 "JSON list of [student_layer, teacher_layer] pairs."
             ) from None
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(
-            f"layer_mapping must be a strategy name or a non-empty list of pairs, got {value!r}."
+            f"{name} must be a strategy name or a non-empty list of pairs, got {value!r}."
         )
     pairs = []
     for pair in value:

@@ -84,7 +84,7 @@ def test_trainer_refuses_a_teacher_below_the_agreement_bound(tmp_path):
     trainer = trainer_for(tmp_path)
     other, _ = seq_cls_pair(seed=3)
     with pytest.raises(DistillationSetupError, match="agrees with the full teacher on .* below teacher_min_agreement"):
-        trainer._measure_teacher_fidelity(trainer.teacher, other.eval())
+        trainer.teachers_side.measure_fidelity(trainer.teacher, other.eval(), trainer.fidelity_batches())
 
 
 @pytest.mark.slow

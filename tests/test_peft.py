@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 from conftest import bert_config, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.trainers.distillation import PROJECTIONS_ATTR, PROJECTIONS_NAME
+from hfkd.objective.projections import PROJECTIONS_ATTR, PROJECTIONS_NAME
 
 
 def config(tmp_path, **kw):

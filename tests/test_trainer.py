@@ -17,7 +17,7 @@ from transformers import (
 
 from conftest import VOCAB, bert_config, seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
-from hfkd.trainers.distillation import PROJECTIONS_NAME
+from hfkd.objective.projections import PROJECTIONS_NAME
 from hfkd.models import DistillationSetupError, require_attentions
 
 

@@ -43,7 +43,8 @@ from hfkd.app.recipes import (
     train_and_save,
 )
 from hfkd.report.measure import atomic_write, evaluate_model
-from hfkd.trainers.distillation import PROJECTIONS_ATTR, DistillationTrainer
+from hfkd.objective.projections import PROJECTIONS_ATTR
+from hfkd.trainers.distillation import DistillationTrainer
 
 GENERATION_DIR = "gen_{}"
 SUMMARY_NAME = "born_again"

@@ -32,6 +32,7 @@ from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_
 from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer
 from hfkd.student.create import create_student
 from hfkd.trainers.distillation import DistillationTrainer
+from hfkd.teacher.loading import parse_dtype, teacher_load_kwargs
 from hfkd.models import TASK_AUTO_CLASSES, is_default_labels, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -225,9 +226,7 @@ def load_teachers(model_args: ModelArguments, args: DistillationConfig, command:
     if is_adapter_folder(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
         source = adapter_base_path(source)  # an adapter saved without its tokenizer: the base model's
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code, **(args.teacher_model_init_kwargs or {})}
-    if args.uses("attention"):
-        kwargs.setdefault("attn_implementation", "eager")
+    kwargs = teacher_load_kwargs(args, trust_remote_code=model_args.trust_remote_code)
     return [load_pretrained(task_model_class(model_args.task), path, **kwargs) for path in paths], tokenizer
 
 
@@ -294,8 +293,6 @@ def run_mutual_learning(
     `hfkd distill`; peers 1, 2, ... are `peer_model_name_or_path`, then the teacher when
     `train_teacher_alongside`. Without a teacher, labels come from the data.
     """
-    if args.report_at_end:
-        raise ValueError("report_at_end needs a frozen teacher: run `hfkd report` on output_dir after mutual learning.")
     if args.train_teacher_alongside and not model_args.teacher_model_name_or_path:
         raise ValueError("train_teacher_alongside needs teacher_model_name_or_path.")
     if not args.peer_model_name_or_path and not args.train_teacher_alongside:
@@ -450,8 +447,7 @@ def use_teacher_cache(
 
 
 def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
-    dtype = getattr(torch, args.teacher_dtype) if args.teacher_dtype else None
-    return teacher.to(device=args.device, dtype=dtype)
+    return teacher.to(device=args.device, dtype=parse_dtype(args.teacher_dtype))
 
 
 def _cache_fingerprint_extra(tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:

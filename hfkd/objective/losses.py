@@ -331,6 +331,15 @@ TOPK_KD_LOSSES: dict[str, Callable[..., Tensor]] = {
     "ce": topk_soft_ce_loss,
 }
 
+
+def require_topk_loss(kd_loss: str, fix: str) -> None:
+    """A top-k teacher cache keeps k+1 buckets, not the whole distribution: only some KD losses fit it."""
+    if kd_loss not in TOPK_KD_LOSSES:
+        raise ValueError(
+            f"kd_loss={kd_loss!r} needs the teacher's full distribution, which a top-k teacher cache does not "
+            f"keep: use kd_loss in {sorted(TOPK_KD_LOSSES)}, or {fix}."
+        )
+
 # ---------------------------------------------------------------- hidden-state losses
 
 

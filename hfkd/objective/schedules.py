@@ -24,12 +24,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from hfkd.objective.terms import check_weights
+
 SCHEDULES: dict[str, Callable[[float, float, float], float]] = {
     "constant": lambda start, end, progress: start,
     "linear": lambda start, end, progress: start + (end - start) * progress,
     "cosine": lambda start, end, progress: end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0,
 }
-LOSS_WEIGHTS = ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention", "alpha_relation")
 
 
 def schedule_value(kind: str, start: float, end: float, progress: float) -> float:
@@ -59,19 +60,17 @@ def check_schedule_settings(args: Any) -> None:
         )
     if ends is None:
         return
-    if not isinstance(ends, Mapping) or not ends or set(ends) - set(LOSS_WEIGHTS):
-        raise ValueError(
-            f"loss_weights_end must map some of {list(LOSS_WEIGHTS)} to end values, got {ends!r}."
-        )
+    base = args.base_loss_weights
+    if not isinstance(ends, Mapping) or not ends or set(ends) - set(base):
+        raise ValueError(f"loss_weights_end must map some of {list(base)} to end values, got {ends!r}.")
+    check_weights(ends, where="loss_weights_end: ", allow_all_zero=True)
     for name, value in ends.items():
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"loss_weights_end[{name!r}] must be a finite number >= 0, got {value!r}.")
-        if getattr(args, name) == 0 and value > 0:
+        if base[name] == 0 and value > 0:
             raise ValueError(
                 f"{name}=0 switches that term off, so loss_weights_end[{name!r}]={value} cannot bring it in: "
                 f"start {name} at a small value > 0 instead."
             )
-    if all(ends.get(name, getattr(args, name)) == 0 for name in LOSS_WEIGHTS):
+    if all(ends.get(name, base[name]) == 0 for name in base):
         raise ValueError("loss_weights_end takes every loss weight to 0: keep at least one > 0 at the end.")
 
 
@@ -83,8 +82,7 @@ class DistillationSchedule(TrainerCallback):
         self.plans: dict[str, tuple[str, float, float]] = {
             "temperature": (args.temperature_schedule, args.temperature, args.temperature_end or args.temperature)
         }
-        for name in LOSS_WEIGHTS:
-            start = getattr(args, name)
+        for name, start in args.base_loss_weights.items():
             self.plans[name] = (args.loss_weight_schedule, start, ends.get(name, start))
         self.current: dict[str, float] = self.values_at(0.0)
 

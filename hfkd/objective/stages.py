@@ -16,14 +16,15 @@ import json
 import math
 from typing import Any, Sequence
 
-LOSS_TERMS = ("ce", "kd", "hidden", "attention", "relation")
+from hfkd.objective.terms import check_weights
+
 LENGTH_KEYS = ("max_steps", "num_train_epochs")
-WEIGHT_KEYS = tuple(f"alpha_{term}" for term in LOSS_TERMS)
 
 
 def parse_stages(value: Any, base_weights: dict[str, float]) -> list[dict[str, float]]:
     """Validate `stages` (a list of dicts, or its JSON text) and fill each stage's weights.
 
+    `base_weights` are the config's weights by key (`alpha_<term>` of every registered term).
     Returns one dict per stage holding its length key and every `alpha_*` key.
     """
     if isinstance(value, str):
@@ -38,11 +39,11 @@ def parse_stages(value: Any, base_weights: dict[str, float]) -> list[dict[str, f
         )
     stages, units = [], set()
     for index, stage in enumerate(value, start=1):
-        unknown = sorted(set(stage) - set(LENGTH_KEYS) - set(WEIGHT_KEYS))
+        unknown = sorted(set(stage) - set(LENGTH_KEYS) - set(base_weights))
         if unknown:
             raise ValueError(
                 f"stage {index} has unknown keys {unknown}; a stage takes one of {list(LENGTH_KEYS)} "
-                f"and any of {list(WEIGHT_KEYS)}."
+                f"and any of {list(base_weights)}."
             )
         lengths = [key for key in LENGTH_KEYS if key in stage]
         if len(lengths) != 1:
@@ -54,12 +55,9 @@ def parse_stages(value: Any, base_weights: dict[str, float]) -> list[dict[str, f
             kind = "integer" if unit == "max_steps" else "number"
             raise ValueError(f"stage {index}: {unit} must be a positive {kind}, got {length!r}.")
         units.add(unit)
-        weights = {key: float(stage.get(key, base_weights[key])) for key in WEIGHT_KEYS}
-        for key, weight in weights.items():
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"stage {index}: {key} must be a finite number >= 0, got {weight}.")
-        if all(weight == 0 for weight in weights.values()):
-            raise ValueError(f"stage {index}: every loss weight is 0, nothing would be trained; set one > 0.")
+        weights = {key: stage.get(key, base_weights[key]) for key in base_weights}
+        check_weights(weights, where=f"stage {index}: ")
+        weights = {key: float(weight) for key, weight in weights.items()}
         stages.append({unit: int(length) if unit == "max_steps" else float(length), **weights})
     if len(units) > 1:
         raise ValueError("stages mix max_steps and num_train_epochs; give every stage's length in one unit.")
@@ -94,9 +92,13 @@ def stage_index(stages: Sequence[dict[str, float]], step: int, total_steps: int)
     return len(stages) - 1
 
 
+def stage_weights(weights: dict[str, float]) -> dict[str, float]:
+    """`alpha_<term>` keys of a stage (or of the config's weights) -> weights by term name."""
+    return {key.removeprefix("alpha_"): value for key, value in weights.items() if key.startswith("alpha_")}
+
+
 def loss_weights_at(
     base_weights: dict[str, float], stages: Sequence[dict[str, float]] | None, step: int, total_steps: int
 ) -> dict[str, float]:
     """Weight of each loss term (by term name: 'ce', 'kd', ...) at optimizer step `step`."""
-    source = stages[stage_index(stages, step, total_steps)] if stages else base_weights
-    return {term: source[f"alpha_{term}"] for term in LOSS_TERMS}
+    return stage_weights(stages[stage_index(stages, step, total_steps)] if stages else base_weights)

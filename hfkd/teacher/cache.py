@@ -57,7 +57,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hfkd import __version__
-from hfkd.objective.losses import TOPK_KD_LOSSES
+from hfkd.objective.losses import require_topk_loss
 from hfkd.models import forward_arg_names, task_of
 
 logger = logging.getLogger(__name__)
@@ -221,11 +221,7 @@ def check_cache_fits(dataset: Any, kd_loss: str, temperature: float) -> None:
     """
     if TEACHER_TOPK_LOGPROBS not in (getattr(dataset, "column_names", None) or ()):
         return
-    if kd_loss not in TOPK_KD_LOSSES:
-        raise ValueError(
-            f"kd_loss={kd_loss!r} needs the teacher's full distribution, but the teacher cache holds its "
-            f"top-k only: use kd_loss in {sorted(TOPK_KD_LOSSES)}, or a full cache (teacher_cache_top_k unset)."
-        )
+    require_topk_loss(kd_loss, "a full cache (teacher_cache_top_k unset)")
     stored = _stored_fingerprint(dataset)
     if stored is not None and stored.get("temperature") != float(temperature):
         raise ValueError(

@@ -23,21 +23,25 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_loss, find_labels
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.config import DistillationConfig
-from hfkd.objective.losses import KD_LOSSES, task_ce_loss
-from hfkd.trainers.distillation import _only, flush_term_means
 from hfkd.models import forward_arg_names, is_causal_lm
+from hfkd.objective.losses import KD_LOSSES, task_ce_loss
+from hfkd.objective.objective import Normalisers, aligned
+from hfkd.objective.terms import TERMS, Term
+from hfkd.teacher.teachers import only
+from hfkd.trainers.base import DistillationTrainerBase, Terms
+
+MUTUAL_TERMS = ("ce", "kd")
 
 PEER_DIR = "peer{}"
 
@@ -49,8 +53,20 @@ def peer_dir(output_dir: str, index: int) -> str:
 
 @dataclass
 class MutualDistillationConfig(DistillationConfig):
-    """`DistillationConfig` for mutual learning: `alpha_ce`, `alpha_kd`, `kd_loss` and `temperature`
-    apply to every peer; hidden-state and attention terms have no meaning between peers."""
+    """`DistillationConfig` for mutual learning: `alpha_ce`, `alpha_kd`, `kd_loss`, `temperature`,
+    `kd_scale_by_t2` and `jsd_beta` apply to every peer, `nonfinite_loss` to the run. The fields in
+    `unsupported_fields` (representation terms, teacher-side options, schedules, stages, presets)
+    have no meaning between peers trained together and are refused unless left at their default."""
+
+    unsupported_fields: ClassVar[tuple[str, ...]] = (
+        "alpha_hidden", "alpha_attention", "alpha_relation", "term_weights", "hidden_loss", "attention_loss",
+        "relations", "relation_heads", "relation_teacher_layer", "relation_student_layer", "layer_mapping",
+        "hidden_layer_mapping", "attention_layer_mapping", "include_embeddings", "projection_init",
+        "projection_learning_rate", "teacher_dtype", "teacher_quantization", "teacher_compile",
+        "teacher_min_agreement", "teacher_cache_dir", "teacher_cache_top_k", "teacher_weights",
+        "teacher_combination", "temperature_schedule", "temperature_end", "loss_weight_schedule",
+        "loss_weights_end", "merge_adapter_on_save", "stages", "preset", "report_alpha",
+    )
 
     peer_model_name_or_path: list[str] = field(
         default_factory=list,
@@ -76,14 +92,10 @@ class MutualDistillationConfig(DistillationConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.uses("hidden") or self.uses("attention") or self.uses("relation") or self.stages:
+        if self.report_at_end:
             raise ValueError(
-                "mutual learning compares the peers' logits only: set alpha_hidden, alpha_attention and "
-                "alpha_relation to 0, and leave stages unset."
+                "report_at_end needs a frozen teacher: run `hfkd report` on output_dir after mutual learning."
             )
-        scheduled = [name for name in ("temperature_schedule", "loss_weight_schedule") if getattr(self, name) != "constant"]
-        if scheduled:
-            raise ValueError(f"{', '.join(scheduled)} is not supported by mutual learning: leave it 'constant'.")
         if self.peer_kd_weights is not None and any(
             not isinstance(w, (int, float)) or w < 0 for w in self.peer_kd_weights
         ):
@@ -123,13 +135,17 @@ class PeerEnsemble(nn.Module):
     def forward(self, **inputs: Any) -> Any:
         if self.training:
             return PeerEnsembleOutput(
-                peer_logits=tuple(peer(**_only(inputs, names)).logits for peer, names in zip(self.peers, self._inputs))
+                peer_logits=tuple(peer(**only(inputs, names)).logits for peer, names in zip(self.peers, self._inputs))
             )
-        return self.peers[self.active_peer](**_only(inputs, self._inputs[self.active_peer]))
+        return self.peers[self.active_peer](**only(inputs, self._inputs[self.active_peer]))
 
 
-class MutualDistillationTrainer(Trainer):
+class MutualDistillationTrainer(DistillationTrainerBase):
     """Trainer for deep mutual learning between `peers` (the first one is "the student").
+
+    Stands on `DistillationTrainerBase`, so evaluation, exact normalisation under gradient
+    accumulation and DDP, `nonfinite_loss` (raise/skip) and safe resume are those of
+    `DistillationTrainer`; causal LMs compare shifted positions like there.
 
     Args:
         peers: two or more models with the same task head and label set (sizes may differ).
@@ -142,9 +158,10 @@ class MutualDistillationTrainer(Trainer):
     ) -> None:
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be an hfkd.MutualDistillationConfig, got {type(args).__name__}.")
-        if args.alpha_hidden > 0 or args.alpha_attention > 0:
+        unsupported = [t.weight_key for t in args.used_terms() if t.name not in MUTUAL_TERMS]
+        if unsupported:
             raise ValueError(
-                "mutual learning compares the peers' logits only: set alpha_hidden and alpha_attention to 0."
+                f"mutual learning compares the peers' logits only: set {', '.join(unsupported)} to 0."
             )
         if "model" in trainer_kwargs:
             raise TypeError("MutualDistillationTrainer takes `peers=[...]`, not `model=`.")
@@ -156,67 +173,49 @@ class MutualDistillationTrainer(Trainer):
                 f"peer_kd_weights has {len(weights)} entries for {len(ensemble.peers)} peers: give one per peer."
             )
         self.peer_kd_weights = [float(w) for w in weights]
+        self._causal = is_causal_lm(ensemble.peers[0])
         super().__init__(ensemble, args, *trainer_args, **trainer_kwargs)
         # Trainer reads label names and loss support off the model class: take them from the first peer.
         first = type(ensemble.peers[0])
         self.label_names = find_labels(first) if args.label_names is None else args.label_names
         self.can_return_loss = can_return_loss(first)
-        self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
-        self._term_steps = 0
 
     @property
     def peers(self) -> nn.ModuleList:
         return self.accelerator.unwrap_model(self.model).peers
 
-    def _set_signature_columns_if_needed(self) -> None:
+    def signature_columns(self, columns: list[str]) -> list[str]:
         # The ensemble's forward takes **inputs: keep the columns any peer's forward accepts.
-        if self._signature_columns is None:
-            accepted = set().union(*self.accelerator.unwrap_model(self.model)._inputs)
-            self._signature_columns = sorted(accepted | {"label", "label_ids", *self.label_names})
+        accepted = set().union(*self.accelerator.unwrap_model(self.model)._inputs)
+        return sorted(accepted | {"label", "label_ids", *self.label_names})
 
     # ------------------------------------------------------------------ loss
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        if not model.training:
-            outputs = model(**inputs)
-            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+    def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
         args = self.args
+        ce, kd = TERMS["ce"], TERMS["kd"]
         labels = inputs.get("labels")
         if args.alpha_ce > 0 and labels is None:
             raise ValueError(
                 f"alpha_ce={args.alpha_ce} but the batch has no 'labels'; add a label column or set alpha_ce=0."
             )
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        mask = None if labels is None or labels.dim() == 1 else labels.ne(-100)
-        loss = 0.0
-        for i, (logits, kd_weight) in enumerate(zip(outputs.peer_logits, self.peer_kd_weights)):
-            terms = {}
+        peer_logits = []
+        for logits in outputs.peer_logits:
+            logits, labels_t, mask = aligned(logits, labels, inputs.get("attention_mask"), self._causal)
+            peer_logits.append(logits)
+        local_items = max(int(mask.sum()) if mask is not None else peer_logits[0].shape[0], 1)
+        normalisers = self.normalisers(local_items, num_items_in_batch)
+        terms: Terms = {}
+        for i, (logits, kd_weight) in enumerate(zip(peer_logits, self.peer_kd_weights)):
             if args.alpha_ce > 0:
-                terms["ce_loss"] = args.alpha_ce * task_ce_loss(logits, labels, reduction="mean")
+                ce_sum = task_ce_loss(logits if mask is None else logits[mask],
+                                      labels_t if mask is None else labels_t[mask], reduction="sum")
+                terms[f"peer{i}_ce_loss"] = _weighted(args.alpha_ce, ce, ce_sum, normalisers)
             if args.alpha_kd > 0 and kd_weight > 0:
-                terms["kd_loss"] = args.alpha_kd * kd_weight * mutual_kd_loss(logits, outputs.peer_logits, i, args, mask)
-            for name, value in terms.items():
-                loss = loss + value
-                self._term_sums[f"peer{i}_{name}"] += value.detach()
-        self._term_steps += 1
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(
-                f"non-finite mutual-learning loss at step {self.state.global_step + 1}: lower the learning "
-                "rate or temperature, or check the inputs."
-            )
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add each peer's weighted loss terms (`peer{i}_ce_loss`, `peer{i}_kd_loss`) to training logs."""
-        if "loss" in logs:
-            flush_term_means(self, logs)
-        super().log(logs, start_time)
+                kd_sum = mutual_kd_loss(logits, peer_logits, i, args, mask)
+                terms[f"peer{i}_kd_loss"] = _weighted(args.alpha_kd * kd_weight, kd, kd_sum, normalisers)
+        return terms, outputs
 
     # ------------------------------------------------------------------ evaluation
 
@@ -238,7 +237,7 @@ class MutualDistillationTrainer(Trainer):
 
     # ------------------------------------------------------------------ saving and resuming
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_weights(self, output_dir: str | None, state_dict: dict | None) -> None:
         """Each peer as its own `save_pretrained` folder (see `peer_dir`), with the tokenizer."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
@@ -252,19 +251,14 @@ class MutualDistillationTrainer(Trainer):
                 self.processing_class.save_pretrained(folder)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """Stock `train()`, never resuming from a checkpoint a kill left half-written."""
-        resume = checked_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
-        return super().train(resume, *args, **kwargs)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Load every peer from its folder of a checkpoint written by `_save`."""
+    def load_checkpoint_weights(self, folder: str, model: nn.Module | None) -> None:
+        """Load every peer from its folder of a checkpoint written by `save_weights`."""
         ensemble = self.accelerator.unwrap_model(model or self.model)
         for i, peer in enumerate(ensemble.peers):
-            path = os.path.join(peer_dir(resume_from_checkpoint, i), "model.safetensors")
+            path = os.path.join(peer_dir(folder, i), "model.safetensors")
             if not os.path.isfile(path):
                 raise FileNotFoundError(
-                    f"checkpoint {resume_from_checkpoint} has no weights for peer {i} ({path}): it was not "
+                    f"checkpoint {folder} has no weights for peer {i} ({path}): it was not "
                     f"written by a MutualDistillationTrainer with {len(ensemble.peers)} peers."
                 )
             missing, unexpected = peer.load_state_dict(load_file(path), strict=False)
@@ -276,6 +270,11 @@ class MutualDistillationTrainer(Trainer):
                 )
 
 
+def _weighted(weight: float, term: Term, value: torch.Tensor, normalisers: Normalisers) -> tuple[torch.Tensor, torch.Tensor]:
+    """A peer's term: its weighted contribution to the loss, and the weighted value logged."""
+    return weight * normalisers.normalise(term, value), weight * normalisers.shown(term, value)
+
+
 def mutual_kd_loss(
     logits: torch.Tensor,
     peer_logits: Sequence[torch.Tensor],
@@ -283,7 +282,7 @@ def mutual_kd_loss(
     args: DistillationConfig,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over the other peers j of KD(peer `index` ‖ peer j), each target detached (a fixed label)."""
+    """Mean over the other peers j of KD(peer `index` ‖ peer j) summed over items, each target detached."""
     loss_fn = KD_LOSSES[args.kd_loss]
     values = [
         loss_fn(
@@ -292,7 +291,7 @@ def mutual_kd_loss(
             temperature=args.temperature,
             mask=mask,
             scale_by_t2=args.kd_scale_by_t2,
-            reduction="mean",
+            reduction="sum",
             beta=args.jsd_beta,
         )
         for j, other in enumerate(peer_logits)
@@ -302,12 +301,8 @@ def mutual_kd_loss(
 
 
 def _check_peers(peers: Sequence[nn.Module]) -> None:
-    for i, peer in enumerate(peers):
-        if is_causal_lm(peer):
-            raise ValueError(
-                f"peer {i} is a causal LM: mutual learning supports classification and masked-LM heads "
-                "(no label shifting); use DistillationTrainer for causal LMs."
-            )
+    if len({is_causal_lm(peer) for peer in peers}) > 1:
+        raise ValueError("the peers mix causal LMs and other heads: give every peer the same task head.")
     classes = {getattr(peer.config, "num_labels", None) for peer in peers if hasattr(peer, "config")}
     if len(classes) > 1:
         raise ValueError(f"peers disagree on num_labels ({sorted(classes)}): give every peer the same label set.")

@@ -1,0 +1,104 @@
+"""Loading teachers and checking that a teacher can teach a student, before any compute is spent.
+
+Every error is one line that names both sides and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from hfkd.models import TASK_AUTO_CLASSES, DistillationSetupError, class_name, is_default_labels, task_of
+from hfkd.student.adapters import load_pretrained
+
+
+def parse_dtype(name: str | None, field: str = "teacher_dtype") -> torch.dtype | None:
+    """'bfloat16' -> torch.bfloat16 (None stays None); a name torch lacks is one line naming the choices."""
+    if name is None:
+        return None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{field}={name!r} is not a torch floating dtype; use 'bfloat16', 'float16' or 'float32'.")
+    return dtype
+
+
+def teacher_load_kwargs(args: Any, **extra: Any) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for a teacher: the user's, and eager attention when a term reads
+    attention maps (SDPA returns none)."""
+    kwargs = {**extra, **(args.teacher_model_init_kwargs or {})}
+    if args.needs_output("attentions"):
+        kwargs.setdefault("attn_implementation", "eager")
+    return kwargs
+
+
+def use_eager_attention(*models: nn.Module) -> None:
+    """Switch models already loaded to eager attention, which returns the maps attention terms compare."""
+    for model in models:
+        model.set_attn_implementation("eager")
+
+
+def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.Module:
+    """Return the teacher model, loading a name/path with the student's task Auto class.
+
+    A folder holding a PEFT adapter (`adapter_config.json`) loads its base model, applies the
+    adapter and merges it (`hfkd.student.adapters.load_pretrained`).
+    """
+    if isinstance(teacher, nn.Module):
+        return teacher
+    if not isinstance(teacher, str):
+        raise TypeError(f"teacher_model must be a model or a name/path, got {type(teacher).__name__}.")
+    task = task_of(student)
+    auto_class = TASK_AUTO_CLASSES[task][1] if task else AutoModel
+    kwargs = teacher_load_kwargs(args)
+    try:
+        return load_pretrained(auto_class, teacher, **kwargs)
+    except OSError as error:
+        raise DistillationSetupError(
+            f"cannot load teacher {teacher!r} with {auto_class.__name__}: {error}".splitlines()[0]
+        ) from error
+
+
+def check_teacher_student_compatibility(
+    teacher: nn.Module,
+    student: nn.Module,
+    student_tokenizer: Any = None,
+    teacher_tokenizer: Any = None,
+) -> None:
+    """Same task head, vocabulary and label set, or a `DistillationSetupError` saying which differs."""
+    t_task, s_task = task_of(teacher), task_of(student)
+    if t_task != s_task:
+        raise DistillationSetupError(
+            f"task heads differ: teacher {class_name(teacher)} ({t_task}) vs student "
+            f"{class_name(student)} ({s_task}); use a student with the teacher's head "
+            "(hfkd.create_student(teacher) builds one)."
+        )
+    t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
+    if t_vocab != s_vocab:
+        raise DistillationSetupError(
+            f"vocabularies differ: teacher vocab_size={t_vocab}, student vocab_size={s_vocab}; both "
+            "models read the same input_ids, so give the student the teacher's tokenizer and vocab size."
+        )
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        t_map, s_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+        if t_map != s_map:
+            differing = sorted(set(t_map.items()) ^ set(s_map.items()))
+            raise DistillationSetupError(
+                f"tokenizers differ in {len(differing)} token→id entries (e.g. {differing[0]!r}); "
+                "teacher and student must share one tokenizer."
+            )
+    if s_task in ("sequence_classification", "token_classification"):
+        t_labels, s_labels = teacher.config.num_labels, student.config.num_labels
+        if t_labels != s_labels:
+            raise DistillationSetupError(
+                f"label counts differ: teacher num_labels={t_labels}, student num_labels={s_labels}; "
+                "build the student with the teacher's id2label/label2id."
+            )
+        t_map, s_map = dict(teacher.config.id2label), dict(student.config.id2label)
+        if not (is_default_labels(t_map) or is_default_labels(s_map)) and t_map != s_map:
+            raise DistillationSetupError(
+                f"label orders differ: teacher id2label={t_map}, student id2label={s_map}; the KD "
+                "term compares logits position by position, so give the student the teacher's id2label."
+            )

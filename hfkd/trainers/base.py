@@ -1,0 +1,156 @@
+"""`DistillationTrainerBase`: what every hfkd trainer shares, on top of `transformers.Trainer`.
+
+It owns the evaluation branch (the student alone on its task loss), input filtering, exact
+per-term normalisation and logging, the non-finite policy (`nonfinite_loss` raise/skip) and safe
+resume. A family only says how a training micro-batch becomes named term values
+(`training_terms`); `DistillationTrainer` and `MutualDistillationTrainer` are the two families.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from hfkd.objective.objective import Normalisers
+from hfkd.teacher.teachers import only
+from hfkd.trainers.checkpoints import checked_resume_checkpoint
+from hfkd.trainers.internals import TrainerInternals
+
+logger = logging.getLogger(__name__)
+
+Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]  # log name -> (weighted normalised value, value shown)
+
+
+class NonFiniteGuard(TrainerCallback):
+    """nonfinite_loss='skip': an update whose gradients hold NaN/inf is dropped, on every process.
+
+    Checked on the gradients just before the optimizer step (Trainer's `on_pre_optimizer_step`), as
+    AMP's GradScaler does, not on the loss: after DDP's all-reduce every process sees the same NaN,
+    and under FSDP one flag is reduced across shards. Dropping = every gradient set to None, which
+    torch optimizers skip: weights and optimizer state stay as they were.
+    """
+
+    def __init__(self, max_skipped: int) -> None:
+        self.max_skipped = max_skipped
+        self.skipped = 0
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        bad = torch.zeros((), device=grads[0].device if grads else args.device)
+        for grad in grads:
+            bad = torch.maximum(bad, (~torch.isfinite(grad)).any().to(bad.dtype))
+        if args.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bool(bad):
+            return
+        for p in params:
+            p.grad = None
+        self.skipped += 1
+        if self.skipped > self.max_skipped:
+            raise FloatingPointError(
+                f"{self.skipped} optimizer updates skipped for non-finite gradients (last at step "
+                f"{state.global_step + 1}), more than max_skipped_updates={self.max_skipped}: "
+                "training stopped; lower the learning rate or temperature, or check the inputs."
+            )
+
+
+class DistillationTrainerBase(TrainerInternals):
+    """A `Trainer` whose training loss is a sum of named, exactly normalised terms.
+
+    Subclasses implement `training_terms(model, inputs, num_items_in_batch) -> (terms, outputs)`,
+    returning for each term its weighted, normalised contribution and the value to log.
+    """
+
+    # compute_loss normalises for gradient accumulation itself (`Normalisers`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model: nn.Module, args: Any, *trainer_args: Any, **trainer_kwargs: Any) -> None:
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        # Have Trainer count label items over the whole accumulation window (num_items_in_batch).
+        self.model_accepts_loss_kwargs = True
+        self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
+        self._term_steps = 0
+        self.nonfinite_guard: NonFiniteGuard | None = None
+        if args.nonfinite_loss == "skip":
+            self.nonfinite_guard = NonFiniteGuard(args.max_skipped_updates)
+            self.add_callback(self.nonfinite_guard)
+
+    @property
+    def skipped_updates(self) -> int:
+        return self.nonfinite_guard.skipped if self.nonfinite_guard else 0
+
+    def evaluation_inputs(self) -> frozenset[str] | None:
+        """What the model's forward takes in evaluation (None: everything)."""
+        return None
+
+    def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
+        raise NotImplementedError
+
+    def normalisers(self, local_items: int, num_items_in_batch: Any) -> Normalisers:
+        return Normalisers.for_step(
+            local_items, num_items_in_batch, getattr(self, "current_gradient_accumulation_steps", 1),
+            self.accelerator.num_processes, self.args.average_tokens_across_devices,
+        )
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if not model.training:
+            # Evaluation and prediction measure the student alone on its own task loss.
+            outputs = model(**only(inputs, self.evaluation_inputs()))
+            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+        terms, outputs = self.training_terms(model, inputs, num_items_in_batch)
+        loss: Any = 0.0
+        for contribution, _ in terms.values():
+            loss = loss + contribution
+        if self._is_finite(loss, terms):
+            for name, (_, shown) in terms.items():
+                self._term_sums[name] += shown.detach()
+            self._term_steps += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def _is_finite(self, loss: torch.Tensor, terms: Terms) -> bool:
+        """Raise on a NaN/inf loss, or (nonfinite_loss='skip') warn and let `NonFiniteGuard` drop the update."""
+        if bool(torch.isfinite(loss)):
+            return True
+        bad = ", ".join(name for name, (value, _) in terms.items() if not bool(torch.isfinite(value))) or "loss"
+        step = self.state.global_step + 1
+        if self.args.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"non-finite {bad} at step {step}: training stopped, the last saved checkpoint is intact. "
+                "Lower the learning rate or temperature, use fp32/bf16 instead of fp16, check the inputs, "
+                "or set nonfinite_loss='skip'."
+            )
+        logger.warning("non-finite %s at step %d: this optimizer update will be skipped", bad, step)
+        return False
+
+    def extra_logs(self) -> dict[str, float]:
+        """Values a family adds to each training log (scheduled weights, the stage, ...)."""
+        return {}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                logs[name] = round(float(total) / self._term_steps, 6)
+            self._term_sums.clear()
+            self._term_steps = 0
+            logs.update(self.extra_logs())
+        if "loss" in logs and self.nonfinite_guard is not None:
+            logs["skipped_updates"] = self.skipped_updates
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Stock `train()`; a checkpoint a kill left half-written is never resumed from
+        (`hfkd.trainers.checkpoints.checked_resume_checkpoint`)."""
+        resume = checked_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        return super().train(resume, *args, **kwargs)

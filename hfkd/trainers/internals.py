@@ -1,0 +1,62 @@
+"""The private `transformers.Trainer` methods hfkd overrides, and nothing else, in one place.
+
+transformers offers no public hook for these four needs, so each override only forwards to a
+public hook of hfkd's trainers. `tests/test_trainer_internals.py` pins the transformers behaviour
+each one relies on (the method exists with this signature and is called where we expect), so an
+upgrade that changes it fails there first, loudly:
+
+- `_set_signature_columns_if_needed`: which dataset columns `remove_unused_columns` keeps
+  (cached teacher outputs are no forward argument, a peer ensemble's forward takes `**inputs`).
+- `_save`: the weights `save_model` writes, for checkpoints too (each peer in its own folder; a
+  gathered DeepSpeed/FSDP state dict without the width projections).
+- `_save_checkpoint`: extra files inside each checkpoint folder (the width projections).
+- `_load_from_checkpoint`: restoring them on resume (and the peers from their folders).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+
+class TrainerInternals(Trainer):
+    """Routes the private methods to the hooks below; subclasses override the hooks, not the privates."""
+
+    # ------------------------------------------------------------------ hooks (public)
+
+    def signature_columns(self, columns: list[str]) -> list[str]:
+        """The dataset columns to keep, given the ones Trainer derived from the model's forward."""
+        return columns
+
+    def save_weights(self, output_dir: str | None, state_dict: dict | None) -> None:
+        """Write the model's weights (Trainer's `_save`: `save_pretrained`, tokenizer, training args)."""
+        super()._save(output_dir, state_dict=state_dict)
+
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """Add files to a checkpoint folder before Trainer writes the rest of it."""
+
+    def load_checkpoint_weights(self, folder: str, model: nn.Module | None) -> None:
+        """Restore the model (Trainer's `_load_from_checkpoint`)."""
+        super()._load_from_checkpoint(folder, model)
+
+    # ------------------------------------------------------------------ the private overrides
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = self.signature_columns(list(self._signature_columns))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        self.save_weights(output_dir, state_dict)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.save_checkpoint_extras(folder)
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        self.load_checkpoint_weights(resume_from_checkpoint, model)
