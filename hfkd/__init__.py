@@ -23,6 +23,8 @@ _EXPORTS = {
     "MutualDistillationTrainer": "hfkd.trainers.mutual",
     "BornAgainConfig": "hfkd.app.born_again",
     "augment_dataset": "hfkd.transfer.augment",
+    "register_term": "hfkd.objective.terms",
+    "TermContext": "hfkd.objective.terms",
 }
 
 __all__ = sorted(_EXPORTS)
