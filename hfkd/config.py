@@ -20,7 +20,7 @@ from hfkd.teacher.fast import TEACHER_QUANTIZATIONS
 from hfkd.teacher.loading import parse_dtype
 from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, require_topk_loss
 from hfkd.teacher.ensemble import TEACHER_COMBINATIONS, check_teacher_weights
-from hfkd.objective.presets import PRESETS, apply_preset, preset_settings
+from hfkd.objective.presets import PRESETS, apply_preset, with_preset
 from hfkd.objective.relations import parse_relations
 from hfkd.objective.schedules import SCHEDULES, check_schedule_settings
 from hfkd.objective.stages import loss_weights_at, parse_stages, stage_unit, total_length
@@ -377,7 +377,7 @@ class DistillationConfig(TrainingArguments):
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> DistillationConfig:
         """A config with preset `name` where every keyword wins, even one equal to a field's default."""
-        config = cls(**{**preset_settings(name), **kwargs, "preset": None})
+        config = cls(**{**with_preset(name, kwargs), "preset": None})
         config.preset = name  # applied above; kept as a record for the model card
         return config
 

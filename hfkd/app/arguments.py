@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import yaml
 from transformers import HfArgumentParser
 
+from hfkd.objective.presets import with_preset
+
 @dataclass
 class ModelArguments:
     """Which models a recipe loads or builds."""
@@ -104,12 +106,9 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         raise ValueError(f"unrecognised arguments {rest}; see --help.")
     preset = getattr(namespace, "preset", None)
     if preset is not None:
-        from hfkd.objective.presets import preset_settings
-
         given = set(defaults) | _flags_given(parser, argv)
-        for key, value in preset_settings(preset).items():
-            if key not in given:
-                setattr(namespace, key, value)
+        for key, value in with_preset(preset, {k: getattr(namespace, k) for k in given if hasattr(namespace, k)}).items():
+            setattr(namespace, key, value)
         namespace.preset = None  # applied here; recorded on the config below
     parsed = []
     for dataclass_type in dataclass_types:

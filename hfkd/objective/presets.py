@@ -111,15 +111,20 @@ def preset_settings(name: str) -> dict[str, Any]:
     return copy.deepcopy(PRESETS[name].settings)
 
 
+def with_preset(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The one rule of every entry point (constructor, `from_preset`, YAML + flags): preset `name`'s
+    settings, overridden by whatever the user gave."""
+    return {**preset_settings(name), **given}
+
+
 def apply_preset(config: Any, name: str) -> list[str]:
-    """Set preset `name` on the fields of `config` still at their default; return their names."""
-    settings = preset_settings(name)
+    """Set preset `name` on a constructed config, where "given" means a field not at its default;
+    return the names the preset set."""
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    applied = []
-    for key, value in settings.items():
-        if getattr(config, key) == defaults[key]:
-            setattr(config, key, value)
-            applied.append(key)
-    kept = sorted(set(settings) - set(applied))
-    logger.info("preset %s set %s%s", name, applied, f"; kept your {kept}" if kept else "")
+    settings = preset_settings(name)
+    given = {key: getattr(config, key) for key in settings if getattr(config, key) != defaults[key]}
+    for key, value in with_preset(name, given).items():
+        setattr(config, key, value)
+    applied = sorted(set(settings) - set(given))
+    logger.info("preset %s set %s%s", name, applied, f"; kept your {sorted(given)}" if given else "")
     return applied
