@@ -140,88 +140,49 @@ def _dense_kd(rows_loss: Callable[..., Tensor], student: Tensor, teacher: Tensor
 # ---------------------------------------------------------------- logits (KD) losses
 
 
-def kl_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    **_: float,
-) -> Tensor:
-    """Hinton's KD: KL(softmax(t/T) || softmax(s/T)), times T**2 so gradients keep their scale."""
-    def rows(s: Tensor, t: Tensor) -> Tensor:
-        log_p_s, log_p_t = _log_probs(s, t, temperature)
-        return _kl(log_p_t, log_p_s)
+def _distribution_loss(name: str, divergence: Callable[[Tensor, Tensor, float], Tensor], doc: str) -> Callable[..., Tensor]:
+    """A KD loss on logits from a per-row `divergence(log_p_student, log_p_teacher, beta)` at temperature T.
 
-    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
-
-
-def reverse_kl_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    **_: float,
-) -> Tensor:
-    """KL(softmax(s/T) || softmax(t/T)): mode-seeking, as in MiniLLM-style LM distillation."""
-    def rows(s: Tensor, t: Tensor) -> Tensor:
-        log_p_s, log_p_t = _log_probs(s, t, temperature)
-        return _kl(log_p_s, log_p_t)
-
-    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
-
-
-def jsd_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    beta: float = 0.5,
-    **_: float,
-) -> Tensor:
-    """Generalized JSD (GKD, Agarwal et al. 2024) with M = beta*p_t + (1-beta)*p_s.
-
-    beta*KL(p_t||M) + (1-beta)*KL(p_s||M); beta=0 is forward KL(p_t||p_s), beta=1 reverse KL.
+    Every distribution loss shares this interface (the registry's): reduction over the items `mask`
+    selects, times T**2 unless `scale_by_t2=False`.
     """
+
+    def loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None,
+             scale_by_t2: bool = True, reduction: str = "mean", beta: float = 0.5, **_: float) -> Tensor:
+        def rows(s: Tensor, t: Tensor) -> Tensor:
+            log_p_s, log_p_t = _log_probs(s, t, temperature)
+            return divergence(log_p_s, log_p_t, beta)
+
+        per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
+        return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
+
+
+def _jsd(log_p_s: Tensor, log_p_t: Tensor, beta: float) -> Tensor:
     if beta == 0.0:
-        return kl_loss(student_logits, teacher_logits, temperature, mask, scale_by_t2, reduction)
+        return _kl(log_p_t, log_p_s)
     if beta == 1.0:
-        return reverse_kl_loss(
-            student_logits, teacher_logits, temperature, mask, scale_by_t2, reduction
-        )
-
-    def rows(s: Tensor, t: Tensor) -> Tensor:
-        log_p_s, log_p_t = _log_probs(s, t, temperature)
-        log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log1p(-beta))
-        return beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
-
-    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+        return _kl(log_p_s, log_p_t)
+    log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log1p(-beta))
+    return beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
 
 
-def soft_ce_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    **_: float,
-) -> Tensor:
-    """Cross-entropy with the teacher's soft targets: KL plus the (constant) teacher entropy."""
-    def rows(s: Tensor, t: Tensor) -> Tensor:
-        log_p_s, log_p_t = _log_probs(s, t, temperature)
-        return _cross_entropy(log_p_t, log_p_s)
-
-    per_item = _dense_kd(rows, student_logits, teacher_logits, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+kl_loss = _distribution_loss(
+    "kl_loss", lambda s, t, beta: _kl(t, s),
+    "Hinton's KD: KL(softmax(t/T) || softmax(s/T)), times T**2 so gradients keep their scale.")
+reverse_kl_loss = _distribution_loss(
+    "reverse_kl_loss", lambda s, t, beta: _kl(s, t),
+    "KL(softmax(s/T) || softmax(t/T)): mode-seeking, as in MiniLLM-style LM distillation.")
+jsd_loss = _distribution_loss(
+    "jsd_loss", _jsd,
+    "Generalized JSD (GKD, Agarwal et al. 2024) with M = beta*p_t + (1-beta)*p_s:\n"
+    "beta*KL(p_t||M) + (1-beta)*KL(p_s||M); beta=0 is forward KL(p_t||p_s), beta=1 reverse KL.")
+soft_ce_loss = _distribution_loss(
+    "soft_ce_loss", lambda s, t, beta: _cross_entropy(t, s),
+    "Cross-entropy with the teacher's soft targets: KL plus the (constant) teacher entropy.")
 
 
 def logit_mse_loss(
@@ -291,38 +252,28 @@ def _topk_kd(rows_loss: Callable[[Tensor, Tensor], Tensor], student: Tensor, tea
     return _per_item(rows, student, teacher_logprobs, teacher_indices, mask=mask)
 
 
-def topk_kl_loss(
-    student_logits: Tensor,
-    teacher_logprobs: Tensor,
-    teacher_indices: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    **_: float,
-) -> Tensor:
-    """`kl_loss` against a top-k teacher: the KL of the two distributions over the k+1 buckets.
+def _topk_loss(name: str, divergence: Callable[[Tensor, Tensor], Tensor], doc: str) -> Callable[..., Tensor]:
+    """A KD loss against a top-k teacher from a per-row `divergence(log_p_teacher, log_p_student)` over
+    the k+1 buckets, with the registry's interface."""
 
-    With k = V it equals `kl_loss`; with k < V it is a lower bound of it (merging classes cannot
-    increase a KL) that still matches the student's total mass outside the teacher's top-k.
-    """
-    per_item = _topk_kd(_kl, student_logits, teacher_logprobs, teacher_indices, temperature, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+    def loss(student_logits: Tensor, teacher_logprobs: Tensor, teacher_indices: Tensor, temperature: float = 1.0,
+             mask: Tensor | None = None, scale_by_t2: bool = True, reduction: str = "mean", **_: float) -> Tensor:
+        per_item = _topk_kd(divergence, student_logits, teacher_logprobs, teacher_indices, temperature, mask)
+        return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
 
 
-def topk_soft_ce_loss(
-    student_logits: Tensor,
-    teacher_logprobs: Tensor,
-    teacher_indices: Tensor,
-    temperature: float = 1.0,
-    mask: Tensor | None = None,
-    scale_by_t2: bool = True,
-    reduction: str = "mean",
-    **_: float,
-) -> Tensor:
-    """`soft_ce_loss` against a top-k teacher: the cross-entropy over the k+1 buckets."""
-    per_item = _topk_kd(_cross_entropy, student_logits, teacher_logprobs, teacher_indices, temperature, mask)
-    return _reduce(per_item, reduction) * _t2(temperature, scale_by_t2)
+topk_kl_loss = _topk_loss(
+    "topk_kl_loss", _kl,
+    "`kl_loss` against a top-k teacher: the KL of the two distributions over the k+1 buckets.\n\n"
+    "With k = V it equals `kl_loss`; with k < V it is a lower bound of it (merging classes cannot\n"
+    "increase a KL) that still matches the student's total mass outside the teacher's top-k.")
+topk_soft_ce_loss = _topk_loss(
+    "topk_soft_ce_loss", _cross_entropy,
+    "`soft_ce_loss` against a top-k teacher: the cross-entropy over the k+1 buckets.")
 
 
 # KD losses that a top-k teacher supports: the others need the teacher's full distribution.

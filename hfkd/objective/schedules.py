@@ -44,20 +44,12 @@ def check_schedule_settings(args: Any) -> None:
         kind = getattr(args, field_name)
         if kind not in SCHEDULES:
             raise ValueError(f"{field_name}={kind!r} is not supported; choose one of {list(SCHEDULES)}.")
+    _check_end_given(args, "temperature_schedule", "temperature_end", "")
+    _check_end_given(args, "loss_weight_schedule", "loss_weights_end", ' (e.g. {"alpha_kd": 0.2, "alpha_ce": 0.8})')
     end = args.temperature_end
-    if (end is None) != (args.temperature_schedule == "constant"):
-        raise ValueError(
-            f"temperature_schedule={args.temperature_schedule!r} with temperature_end={end!r}: a linear or "
-            "cosine schedule needs temperature_end, a constant one takes none."
-        )
     if end is not None and not (isinstance(end, (int, float)) and math.isfinite(end) and end > 0):
         raise ValueError(f"temperature_end must be a finite number > 0, got {end!r}.")
     ends = args.loss_weights_end
-    if (ends is None) != (args.loss_weight_schedule == "constant"):
-        raise ValueError(
-            f"loss_weight_schedule={args.loss_weight_schedule!r} with loss_weights_end={ends!r}: a linear or "
-            'cosine schedule needs loss_weights_end (e.g. {"alpha_kd": 0.2, "alpha_ce": 0.8}), a constant one takes none.'
-        )
     if ends is None:
         return
     base = args.base_loss_weights
@@ -72,6 +64,16 @@ def check_schedule_settings(args: Any) -> None:
             )
     if all(ends.get(name, base[name]) == 0 for name in base):
         raise ValueError("loss_weights_end takes every loss weight to 0: keep at least one > 0 at the end.")
+
+
+def _check_end_given(args: Any, kind_field: str, end_field: str, example: str) -> None:
+    """A linear/cosine schedule needs its end value; a constant one takes none."""
+    kind, end = getattr(args, kind_field), getattr(args, end_field)
+    if (end is None) != (kind == "constant"):
+        raise ValueError(
+            f"{kind_field}={kind!r} with {end_field}={end!r}: a linear or cosine schedule needs {end_field}"
+            f"{example}, a constant one takes none."
+        )
 
 
 class DistillationSchedule(TrainerCallback):

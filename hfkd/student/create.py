@@ -55,22 +55,22 @@ def _config_of(model_or_config: PreTrainedModel | PreTrainedConfig) -> PreTraine
     return config.get_text_config()
 
 
+def _config_int(model_or_config: PreTrainedModel | PreTrainedConfig, name: str, what: str) -> int:
+    config = _config_of(model_or_config)
+    value = getattr(config, name, None)
+    if value is None:
+        raise ValueError(f"{type(config).__name__} has no {name}; cannot tell the model {what}.")
+    return int(value)
+
+
 def num_layers(model_or_config: PreTrainedModel | PreTrainedConfig) -> int:
     """Number of transformer layers, read from `config.num_hidden_layers` (aliased per family)."""
-    config = _config_of(model_or_config)
-    value = getattr(config, "num_hidden_layers", None)
-    if value is None:
-        raise ValueError(f"{type(config).__name__} has no num_hidden_layers; cannot tell the model depth.")
-    return int(value)
+    return _config_int(model_or_config, "num_hidden_layers", "depth")
 
 
 def hidden_size(model_or_config: PreTrainedModel | PreTrainedConfig) -> int:
     """Width of the hidden states, read from `config.hidden_size` (aliased per family)."""
-    config = _config_of(model_or_config)
-    value = getattr(config, "hidden_size", None)
-    if value is None:
-        raise ValueError(f"{type(config).__name__} has no hidden_size; cannot tell the model width.")
-    return int(value)
+    return _config_int(model_or_config, "hidden_size", "width")
 
 
 def find_layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
