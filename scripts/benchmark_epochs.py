@@ -16,40 +16,33 @@ dynamic padding (max 64 tokens) and seed, then is scored on the full SST-2 dev s
 
 The wall time of a variant counts everything after the tokenized data is in memory: loading the
 models, building the cache where there is one, and training; evaluation is not counted. Variants run
-one after another, each in a forked child (scripts/benchmark_speed.py's `in_child`), alone on the
+one after another, each in a forked child (scripts/benchmarking.py's `in_child`), alone on the
 machine. The teacher defaults to the main job's (`make demo` writes outputs/sst2/teacher).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchmark_speed as speed  # noqa: E402  (shares the workload definitions and the child runner)
-import datasets  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    DataCollatorWithPadding,
-    PrinterCallback,
-    TrainingArguments,
-    get_linear_schedule_with_warmup,
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    ALPHA_KD, KD_SETTINGS, LEARNING_RATE, ROOT, SST2_DIR, STUDENT_LAYERS, TEMPERATURE, NaiveDistillationTrainer,
+    device, in_child, load_classifier, load_sst2, quiet_libraries, skip_textbrewer, textbrewer_distiller,
+    trainer_settings, write_results,
 )
+import torch
+import transformers
+from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments, get_linear_schedule_with_warmup
 
-from hfkd import DistillationConfig, DistillationTrainer, create_student  # noqa: E402
-from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
-from hfkd.metrics import build_compute_metrics  # noqa: E402
-from hfkd.report.measure import atomic_write, evaluate_model  # noqa: E402
-from hfkd.teacher.cache import build_teacher_cache  # noqa: E402
+from hfkd import DistillationConfig, DistillationTrainer, create_student
+from hfkd.metrics import build_compute_metrics
+from hfkd.report.measure import evaluate_model
+from hfkd.report.render import markdown_table
+from hfkd.teacher.cache import build_teacher_cache
 
 VARIANTS = ("online", "cached", "cached_grouped", "naive", "textbrewer")
 WARMUP_RATIO = 0.06
@@ -57,8 +50,8 @@ WARMUP_RATIO = 0.06
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default=os.path.join(speed.ROOT, "outputs", "sst2", "teacher"))
-    parser.add_argument("--data_dir", default=os.path.join(speed.ROOT, "..", "shared", "data", "sst2"))
+    parser.add_argument("--teacher", default=os.path.join(ROOT, "outputs", "sst2", "teacher"))
+    parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--train_rows", type=int, default=8000, help="SST-2 training sentences (0 = all).")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -75,39 +68,27 @@ def parse() -> argparse.Namespace:
     return options
 
 
-def load_data(options: argparse.Namespace, tokenizer: Any) -> tuple[datasets.Dataset, datasets.Dataset]:
-    data_args = DataArguments(train_file=os.path.join(options.data_dir, "train.tsv"),
-                              validation_file=os.path.join(options.data_dir, "dev.tsv"), text_column="sentence",
-                              label_column="label", max_seq_length=64, max_train_samples=options.train_rows or None)
-    tokenized, _ = prepare_classification_datasets(load_raw_datasets(data_args), tokenizer, data_args)
-    return tokenized["train"], tokenized["validation"]
-
-
 def train_variant(variant: str, work_dir: str, train: Any, dev: Any, tokenizer: Any,
                   options: argparse.Namespace) -> dict:
     """Train one variant from scratch; return its wall time (models loaded, cache built, trained) and dev score."""
     torch.set_num_threads(options.threads)
     collator = DataCollatorWithPadding(tokenizer)
     started = time.perf_counter()
-    teacher = AutoModelForSequenceClassification.from_pretrained(options.teacher)
-    student = create_student(teacher, layer_indices=[0, 2, 4])
+    teacher = load_classifier(options.teacher)
+    student = create_student(teacher, layer_indices=STUDENT_LAYERS)
     steps = options.max_steps if options.max_steps > 0 else options.epochs * math.ceil(len(train) / options.batch_size)
-    common = dict(
-        output_dir=os.path.join(work_dir, variant), per_device_train_batch_size=options.batch_size,
-        num_train_epochs=options.epochs, max_steps=options.max_steps, learning_rate=speed.LEARNING_RATE,
-        weight_decay=0.01, warmup_steps=WARMUP_RATIO, logging_steps=100, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=42, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-    )
-    kd = dict(alpha_kd=speed.ALPHA_KD, alpha_ce=speed.ALPHA_CE, temperature=speed.TEMPERATURE)
+    common = trainer_settings(os.path.join(work_dir, variant), options.batch_size, num_train_epochs=options.epochs,
+                              max_steps=options.max_steps, warmup_steps=WARMUP_RATIO, logging_steps=100)
     cache_seconds = None
     if variant == "textbrewer":
         _train_with_textbrewer(teacher, student, train, collator, options, steps, work_dir)
     else:
         if variant == "naive":
-            trainer = speed.NaiveDistillationTrainer(model=student, args=TrainingArguments(**common),
-                                                     teacher_model=teacher, train_dataset=train, data_collator=collator)
+            trainer = NaiveDistillationTrainer(model=student, args=TrainingArguments(**common),
+                                               teacher_model=teacher, train_dataset=train, data_collator=collator)
         elif variant == "online":
-            trainer = DistillationTrainer(model=student, teacher_model=teacher, args=DistillationConfig(**common, **kd),
+            trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                          args=DistillationConfig(**common, **KD_SETTINGS),
                                           train_dataset=train, data_collator=collator)
         else:
             cache_started = time.perf_counter()
@@ -116,7 +97,7 @@ def train_variant(variant: str, work_dir: str, train: Any, dev: Any, tokenizer: 
             del teacher
             grouped = {"train_sampling_strategy": "group_by_length"} if variant == "cached_grouped" else {}
             trainer = DistillationTrainer(model=student, teacher_model=None,
-                                          args=DistillationConfig(**common, **kd, **grouped),
+                                          args=DistillationConfig(**common, **KD_SETTINGS, **grouped),
                                           train_dataset=cached, data_collator=collator)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -128,27 +109,17 @@ def train_variant(variant: str, work_dir: str, train: Any, dev: Any, tokenizer: 
 
 def _train_with_textbrewer(teacher: Any, student: Any, train: Any, collator: Any, options: argparse.Namespace,
                            steps: int, work_dir: str) -> None:
-    import textbrewer
     from torch.utils.data import DataLoader
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     # A plain dict: TextBrewer calls model(*batch) on anything else, BatchEncoding included.
     loader = DataLoader(train, batch_size=options.batch_size, shuffle=True, collate_fn=lambda rows: dict(collator(rows)),
                         generator=torch.Generator().manual_seed(42))
-    distiller = textbrewer.GeneralDistiller(
-        train_config=textbrewer.TrainingConfig(device=device, output_dir=os.path.join(work_dir, "textbrewer"),
-                                               ckpt_frequency=1, ckpt_steps=steps, log_dir=None),
-        distill_config=textbrewer.DistillationConfig(
-            temperature=speed.TEMPERATURE, kd_loss_type="ce", kd_loss_weight=speed.ALPHA_KD * speed.TEMPERATURE**2,
-            hard_label_weight=speed.ALPHA_CE),
-        model_T=teacher.eval(), model_S=student,
-        adaptor_T=lambda batch, outputs: {"logits": outputs.logits},
-        adaptor_S=lambda batch, outputs: {"logits": outputs.logits, "losses": outputs.loss},
-    )
+    distiller = textbrewer_distiller(teacher, student, os.path.join(work_dir, "textbrewer"),
+                                     kd_loss_weight=ALPHA_KD * TEMPERATURE**2, ckpt_frequency=1, ckpt_steps=steps)
     decay = [p for n, p in student.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
     rest = [p for n, p in student.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=speed.LEARNING_RATE)
+                                  lr=LEARNING_RATE)
     schedule = {"num_warmup_steps": math.ceil(WARMUP_RATIO * steps), "num_training_steps": steps}
     with distiller:
         if options.max_steps > 0:
@@ -160,33 +131,29 @@ def _train_with_textbrewer(teacher: Any, student: Any, train: Any, collator: Any
 
 
 def markdown(report: dict) -> str:
-    runs = report["runs"]
-    lines = ["| variant | wall time (s) | of which cache build (s) | steps | SST-2 dev accuracy | speed-up of hfkd cached |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, run in runs.items():
+    rows = []
+    for name, run in report["runs"].items():
         cache = run["cache_build_seconds"] if run["cache_build_seconds"] is not None else "–"
         vs = report["cached_speedup_over"].get(name)
-        lines.append(f"| {name} | {run['seconds']} | {cache} | {run['steps']} | {run['dev_accuracy']:.2%} | "
-                     f"{f'{vs:.2f}x' if vs else '–'} |")
-    return "\n".join(lines)
+        rows.append([name, run["seconds"], cache, run["steps"], f"{run['dev_accuracy']:.2%}",
+                     f"{vs:.2f}x" if vs else "–"])
+    headers = ["variant", "wall time (s)", "of which cache build (s)", "steps", "SST-2 dev accuracy",
+               "speed-up of hfkd cached"]
+    return markdown_table(headers, rows)
 
 
 def main() -> None:
     options = parse()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    quiet_libraries()
     tokenizer = transformers.AutoTokenizer.from_pretrained(options.teacher)
-    train, dev = load_data(options, tokenizer)
+    data = load_sst2(tokenizer, options.data_dir, train_rows=options.train_rows or None)
+    train, dev = data.train, data.dev
     variants = list(options.variants)
-    skipped = {}
-    if "textbrewer" in variants and speed.textbrewer_missing():
-        skipped["textbrewer"] = speed.textbrewer_missing()
-        variants.remove("textbrewer")
+    skipped = skip_textbrewer(variants, "textbrewer")
     runs = {}
     with tempfile.TemporaryDirectory(prefix="hfkd-epochs-") as work_dir:
         for variant in variants:
-            runs[variant] = speed.in_child(train_variant, variant, work_dir, train, dev, tokenizer, options)
+            runs[variant] = in_child(train_variant, variant, work_dir, train, dev, tokenizer, options)
             print(f"{variant}: {runs[variant]}", flush=True)
     best_cached = min((runs[v]["seconds"] for v in ("cached", "cached_grouped") if v in runs), default=None)
     report = {
@@ -194,13 +161,12 @@ def main() -> None:
         "cached_speedup_over": {v: round(r["seconds"] / best_cached, 3) for v, r in runs.items()} if best_cached else {},
         "settings": {"train_rows": len(train), "epochs": options.epochs, "batch_size": options.batch_size,
                      "threads": options.threads, "teacher": options.teacher, "torch": torch.__version__,
-                     "device": "cuda" if torch.cuda.is_available() else "cpu", "max_steps": options.max_steps},
+                     "device": device(), "max_steps": options.max_steps},
     }
     table = markdown(report)
     print(table)
     if options.output:
-        atomic_write(options.output, json.dumps(report, indent=2))
-        atomic_write(os.path.splitext(options.output)[0] + ".md", table + "\n")
+        write_results(options.output, report, table)
 
 
 if __name__ == "__main__":

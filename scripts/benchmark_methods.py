@@ -31,18 +31,19 @@ import os
 import shlex
 from typing import Any, Callable
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    CONFIGS, DATA_DIR, PRETRAINED, data_flags, done, ensure_teacher, save_layer_student, write_results,
+)
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-from benchmark_quality import CONFIGS, PRETRAINED, ROOT, data_flags, done, ensure_teacher
-from hfkd import create_student, distillation_metric
 from hfkd.app.born_again import BornAgainConfig, generation_dir, run_born_again
 from hfkd.trainers.mutual import MutualDistillationConfig
 from hfkd.app.recipes import main as run_recipe
 from hfkd.app.recipes import run_distillation, run_finetune, run_mutual_learning
 from hfkd.report.measure import safetensors_size
-from hfkd.app.report_cli import eval_results, saved_parameter_count
+from hfkd.report.render import markdown_table
+from hfkd.app.report_cli import eval_results, summarize
 
-DATA = os.path.join(ROOT, "..", "shared", "data")
 # Column flags per GLUE task (the recipe configs are SST-2's); train_size None = the full train split.
 # The pair tasks get 128 tokens (two sentences) and a teacher fine-tuned for 3 epochs: one epoch of
 # MRPC/RTE (115/78 steps) leaves MiniLM near the majority class.
@@ -73,6 +74,9 @@ def config_override_methods(steps: int) -> dict[str, list[str]]:
                                "--hidden_loss", "mse", "--attention_loss", "mse", "--include_embeddings", "true",
                                "--layer_mapping", "uniform"],
     }
+
+
+INIT, PEER_INIT = "init_l3_024", "init_l3_135"  # the student's and the mutual peer's starting points
 STEPS_NOTE = {"two_stage_tinybert": "half the steps on hidden+attention, half on logits", "mutual": "2 models trained", "online_teacher": "6-layer teacher trained too",
               "born_again": "2 generations: 2x the steps", "augment_kd": "augmented data"}
 
@@ -104,9 +108,7 @@ def save_layers_student(path: str, teacher_dir: str, layers: list[int]) -> None:
     """A 3-layer student: the given layers and the head of the fine-tuned teacher (create_student)."""
     if os.path.isfile(os.path.join(path, "config.json")):
         return
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    create_student(teacher, layer_indices=layers).save_pretrained(path)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(path)
+    save_layer_student(path, AutoModelForSequenceClassification.from_pretrained(teacher_dir), layers, teacher_dir)
 
 
 def build_mlm(path: str, steps: int) -> str:
@@ -114,8 +116,8 @@ def build_mlm(path: str, steps: int) -> str:
     if not done(path):
         run_recipe(run_finetune, [
             "--task", "masked_lm", "--model_name_or_path", PRETRAINED, "--output_dir", path, "--overwrite_output_dir",
-            "--train_file", os.path.join(DATA, "wikitext2", "valid.txt"),
-            "--validation_file", os.path.join(DATA, "wikitext2", "test.txt"), "--max_eval_samples", "200",
+            "--train_file", os.path.join(DATA_DIR, "wikitext2", "valid.txt"),
+            "--validation_file", os.path.join(DATA_DIR, "wikitext2", "test.txt"), "--max_eval_samples", "200",
             "--max_seq_length", "128", "--max_steps", str(steps), "--per_device_train_batch_size", "32",
             "--learning_rate", "5e-4", "--warmup_steps", "0.06", "--report_to", "none", "--save_strategy", "no",
             "--logging_steps", "50"], config_class=TrainingArguments)
@@ -126,23 +128,42 @@ def main() -> None:
     options = parse()
     task = TASKS[options.task]
     root = os.path.join(options.output_root, options.task)
-    data = [*data_flags(options.data_dir or os.path.join(DATA, options.task)), *task["columns"]]
+    data = [*data_flags(options.data_dir or os.path.join(DATA_DIR, options.task)), *task["columns"]]
     teacher_dir = options.teacher_dir or os.path.join(root, "teacher")
     ensure_teacher(teacher_dir, [*data, "--num_train_epochs", str(options.teacher_epochs or task["teacher_epochs"])],
                    options.teacher_train_samples)
-    init, peer_init = os.path.join(root, "init_l3_024"), os.path.join(root, "init_l3_135")
-    save_layers_student(init, teacher_dir, [0, 2, 4])
-    save_layers_student(peer_init, teacher_dir, [1, 3, 5])
+    save_layers_student(os.path.join(root, INIT), teacher_dir, [0, 2, 4])
+    save_layers_student(os.path.join(root, PEER_INIT), teacher_dir, [1, 3, 5])
 
     train_size = options.train_size or task["train_size"]
     rows = train_size or _train_rows(data)
     steps = options.max_steps or math.ceil(options.epochs * math.ceil(rows / 32))
     student = [*data, "--max_steps", str(steps), "--seed", str(options.seed),
                *(["--max_train_samples", str(train_size)] if train_size else [])]
+    extra_methods = {**config_override_methods(steps), **dict(_method_option(m) for m in options.method)}
+    methods = method_runners(options, root, teacher_dir, student, extra_methods)
+    chosen = options.methods or list(methods)
+    unknown = sorted(set(chosen) - set(methods) - {"teacher"})
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {sorted(methods)}")
+    paths = {}
+    for name in chosen:
+        path = generation_dir(os.path.join(root, name), 2) if name == "born_again" else os.path.join(root, name)
+        paths[name] = path if done(path) else methods[name]()
+
+    table = compare(teacher_dir, paths, options.alpha)
+    table["settings"] = {**vars(options), "steps": steps, "train_size": train_size}
+    write_results(os.path.join(root, "methods.json"), table, table["markdown"])
+    print(table["markdown"])
+
+
+def method_runners(options: argparse.Namespace, root: str, teacher_dir: str, student: list[str],
+                   extra_methods: dict[str, list[str]]) -> dict[str, Callable[[], str]]:
+    """One callable per row: it trains that row's student and returns the folder to score."""
+    init, peer_init = os.path.join(root, INIT), os.path.join(root, PEER_INIT)
     kd = ["--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"), "--teacher_model_name_or_path", teacher_dir,
           "--student_model_name_or_path", init, "--alpha_hidden", "0", *student]
-    out = {name: os.path.join(root, name) for name in ("no_teacher", "logit_kd", "mutual", "online_teacher",
-                                                        "born_again", "augment_kd")}
+    out = {name: os.path.join(root, name) for name in ("no_teacher", "mutual", "online_teacher", "born_again")}
 
     def no_teacher() -> str:
         run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"), "--model_name_or_path",
@@ -176,7 +197,7 @@ def main() -> None:
                                                options.mlm_steps)
         return distill("augment_kd", ["--augment_copies", str(options.augment_copies), "--augment_mlm", mlm])()
 
-    methods: dict[str, Callable[[], str]] = {
+    return {
         "no_teacher": no_teacher,
         "logit_kd": distill("logit_kd", []),
         "mutual": mutual("mutual", ["--peer_model_name_or_path", peer_init, "--temperature", "1"]),
@@ -184,50 +205,28 @@ def main() -> None:
                                                     "--train_teacher_alongside", "--temperature", "1"]),
         "born_again": born_again,
         "augment_kd": augment_kd,
+        **{name: distill(name, flags) for name, flags in extra_methods.items()},
     }
-    extra_methods = {**config_override_methods(steps), **dict(_method_option(m) for m in options.method)}
-    methods.update({name: distill(name, flags) for name, flags in extra_methods.items()})
-    chosen = options.methods or list(methods)
-    unknown = sorted(set(chosen) - set(methods) - {"teacher"})
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {sorted(methods)}")
-    paths = {}
-    for name in chosen:
-        path = generation_dir(out["born_again"], 2) if name == "born_again" else os.path.join(root, name)
-        paths[name] = path if done(path) else methods[name]()
-
-    table = compare(teacher_dir, paths, options.alpha)
-    table["settings"] = {**vars(options), "steps": steps, "train_size": train_size}
-    with open(os.path.join(root, "methods.json"), "w", encoding="utf-8") as handle:
-        json.dump(table, handle, indent=2)
-    with open(os.path.join(root, "methods.md"), "w", encoding="utf-8") as handle:
-        handle.write(table["markdown"] + "\n")
-    print(table["markdown"])
 
 
 def compare(teacher_dir: str, students: dict[str, str], alpha: float, metric: str = "eval_accuracy") -> dict:
-    """Dev score, size and DM of each student, and its difference to plain logit KD (in points)."""
-    teacher_params, teacher_results = saved_parameter_count(teacher_dir), eval_results(teacher_dir)
-    teacher_score = teacher_results[metric]
-    rows = [{"name": "teacher", "path": teacher_dir, "params": teacher_params, "score": teacher_score,
-             "f1": teacher_results.get("eval_f1"), "size_mb": safetensors_size(teacher_dir) / 2**20,
-             "distillation_metric": None}]
-    for name, path in students.items():
-        params, results = saved_parameter_count(path), eval_results(path)
-        rows.append({"name": name, "path": path, "params": params, "score": results[metric],
-                     "f1": results.get("eval_f1"), "size_mb": safetensors_size(path) / 2**20,
-                     "distillation_metric": distillation_metric(params, teacher_params, results[metric],
-                                                                teacher_score, alpha)})
-    reference = next((row["score"] for row in rows if row["name"] == "logit_kd"), None)
-    lines = [f"| method | params | size (MB) | {metric} | F1 | vs logit KD (points) | DM (α={alpha}) | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        delta = "–" if reference is None or row["name"] == "teacher" else f"{100 * (row['score'] - reference):+.2f}"
-        dm = "–" if row["distillation_metric"] is None else f"{row['distillation_metric']:.4f}"
-        f1 = "–" if row.get("f1") is None else f"{100 * row['f1']:.2f}"
-        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {row['size_mb']:.1f} | "
-                     f"{100 * row['score']:.2f}% | {f1} | {delta} | {dm} | {STEPS_NOTE.get(row['name'], '')} |")
-    return {"metric": metric, "alpha": alpha, "models": rows, "markdown": "\n".join(lines)}
+    """`summarize`'s score and DM of each student, plus its F1, size and difference to plain logit KD (points)."""
+    summary = summarize(teacher_dir, students, metric, alpha)
+    for row in summary["models"]:
+        row["f1"] = eval_results(row["path"]).get("eval_f1")
+        row["size_mb"] = safetensors_size(row["path"]) / 2**20
+    reference = next((row["score"] for row in summary["models"] if row["name"] == "logit_kd"), None)
+    headers = ["method", "params", "size (MB)", metric, "F1", "vs logit KD (points)", f"DM (α={alpha})", "note"]
+    table = markdown_table(headers, [_compare_cells(row, reference) for row in summary["models"]])
+    return {**summary, "markdown": table}
+
+
+def _compare_cells(row: dict, reference: float | None) -> list[str]:
+    delta = "–" if reference is None or row["name"] == "teacher" else f"{100 * (row['score'] - reference):+.2f}"
+    dm = "–" if row["distillation_metric"] is None else f"{row['distillation_metric']:.4f}"
+    f1 = "–" if row["f1"] is None else f"{100 * row['f1']:.2f}"
+    return [row["name"], f"{row['params'] / 1e6:.1f}M", f"{row['size_mb']:.1f}", f"{100 * row['score']:.2f}%", f1,
+            delta, dm, STEPS_NOTE.get(row["name"], "")]
 
 
 def _method_option(value: str) -> tuple[str, list[str]]:

@@ -14,35 +14,29 @@ quality.md (the table for BENCHMARKS.md) in output_root; finished steps are reus
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    CONFIGS, PRETRAINED, SST2_DIR, STUDENT_LAYERS, data_flags, done, ensure_teacher, save_layer_student,
+    write_results,
+)
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-from hfkd import create_student
 from hfkd.models import resolve_model_path
 from hfkd.app.recipes import main as run_recipe
 from hfkd.app.recipes import run_distillation, run_finetune
 from hfkd.app.report_cli import summarize
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "recipes", "configs")
-PRETRAINED = "sentence-transformers/all-MiniLM-L6-v2"
-
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "sst2"))
+    parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--output_root", default="outputs/quality")
     parser.add_argument("--teacher_train_samples", type=int, default=None, help="Default: the full train set.")
     parser.add_argument("--student_train_samples", type=int, default=20000)
     parser.add_argument("--student_epochs", type=float, default=2.0)
     return parser.parse_args()
-
-
-def done(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "eval_results.json"))
 
 
 def pretrained_layers_student(path: str, teacher_dir: str) -> None:
@@ -52,23 +46,7 @@ def pretrained_layers_student(path: str, teacher_dir: str) -> None:
     pretrained = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(PRETRAINED), num_labels=teacher_config.num_labels,
         id2label=teacher_config.id2label, label2id=teacher_config.label2id)
-    create_student(pretrained, layer_indices=[0, 2, 4]).save_pretrained(path)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(path)
-
-
-def data_flags(data_dir: str) -> list[str]:
-    """Recipe flags for a GLUE folder's train.tsv/dev.tsv (runs are overwritten, finished ones skipped)."""
-    return ["--train_file", os.path.join(data_dir, "train.tsv"),
-            "--validation_file", os.path.join(data_dir, "dev.tsv"), "--overwrite_output_dir"]
-
-
-def ensure_teacher(teacher_dir: str, data: list[str], train_samples: int | None = None) -> None:
-    """Fine-tune the MiniLM-L6 teacher (recipes/configs/sst2_teacher.yaml) unless already done."""
-    if done(teacher_dir):
-        return
-    extra = ["--max_train_samples", str(train_samples)] if train_samples else []
-    run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"), "--output_dir",
-                              teacher_dir, *data, *extra], config_class=TrainingArguments)
+    save_layer_student(path, pretrained, STUDENT_LAYERS, teacher_dir)
 
 
 def main() -> None:
@@ -102,10 +80,7 @@ def main() -> None:
     table = summarize(teacher_dir, {"3-layer distilled (a)": distilled, "3-layer no teacher (b)": plain,
                                     "3x192 TinyBERT-style distilled": tiny})
     table["settings"] = vars(options)
-    with open(os.path.join(root, "quality.json"), "w", encoding="utf-8") as handle:
-        json.dump(table, handle, indent=2)
-    with open(os.path.join(root, "quality.md"), "w", encoding="utf-8") as handle:
-        handle.write(table["markdown"] + "\n")
+    write_results(os.path.join(root, "quality.json"), table, table["markdown"])
     print(table["markdown"])
 
 

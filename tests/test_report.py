@@ -1,4 +1,4 @@
-"""Tests for hfkd.report.measure: the distillation metric, measurements and the written report."""
+"""Tests for hfkd.report: the distillation metric, measurements, the Markdown tables and the written report."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from transformers import (
     BertForTokenClassification,
 )
 
+import hfkd.report
+from hfkd.report.io import write_report
 from hfkd.report.measure import (
     build_report,
     count_parameters,
-    distillation_metric,
     evaluate_model,
     measure_latencies,
     measure_latency,
-    report_to_markdown,
     safetensors_size,
-    write_report,
 )
+from hfkd.report.metric import distillation_metric
+from hfkd.report.render import markdown_table, report_to_markdown
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 CASES_CSV = REFERENCE / "distillation_metric_cases.csv"
@@ -447,3 +448,63 @@ def test_build_report_rejects_bad_alpha(eval_dataset: Dataset) -> None:
         build_report(
             _classifier(1), {"s": _classifier(1)}, eval_dataset, pad_collator, accuracy, alpha=2
         )
+
+
+# ------------------------------------------------------------------------------ tables and package
+
+
+def test_markdown_table_right_aligns_numeric_columns() -> None:
+    table = markdown_table(
+        ["model", "params", "score", "DM", "note"],
+        [["teacher", "22.7M", "91.20%", "–", "six layers"], ["l3", "17.4M", "+0.12", "1.2e-05", ""]],
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| model | params | score | DM | note |"
+    assert lines[1] == "|---|---:|---:|---:|---|"
+    assert lines[3] == "| l3 | 17.4M | +0.12 | 1.2e-05 |  |"
+
+
+def test_markdown_table_escapes_cells_and_takes_any_value() -> None:
+    table = markdown_table(["a|b", "n"], [["x|y\nz", 3], [None, 0.5]], align="lr")
+    assert table.splitlines() == ["| a\\|b | n |", "|---|---:|", "| x\\|y z | 3 |", "| None | 0.5 |"]
+
+
+@pytest.mark.parametrize(
+    "rows, align, match",
+    [([["a"]], None, "2 cells"), ([["a", "b"]], "l", "align"), ([["a", "b"]], "lc", "align")],
+)
+def test_markdown_table_rejects_bad_shapes(rows: list, align: str | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        markdown_table(["h1", "h2"], rows, align=align)
+
+
+def test_report_markdown_aligns_numbers_and_escapes_names() -> None:
+    report = _synthetic_report({"a|b": 0.1})
+    lines = report_to_markdown(report).splitlines()
+    assert lines[1] == "|---|" + "---:|" * 7
+    assert lines[3].startswith("| a\\|b | 0.0001 |")
+
+
+def test_package_reexports_its_public_names() -> None:
+    assert set(hfkd.report.__all__) == {
+        "DM_ALPHAS", "atomic_write", "build_report", "count_parameters", "distillation_metric",
+        "evaluate_model", "measure_latencies", "measure_latency", "plot_report", "rank_students",
+        "report_to_markdown", "safetensors_size", "write_report",
+    }
+    assert hfkd.report.write_report is write_report and hfkd.report.distillation_metric is distillation_metric
+    assert all(callable(getattr(hfkd.report, name)) for name in hfkd.report.__all__ if name != "DM_ALPHAS")
+
+
+def test_recipe_summary_table_from_output_folders(tmp_path: Path) -> None:
+    from hfkd.app.report_cli import summarize
+
+    for name, layers, score in (("teacher", 6, 0.9), ("student", 2, 0.81)):
+        _classifier(layers).save_pretrained(tmp_path / name)
+        (tmp_path / name / "eval_results.json").write_text(json.dumps({"eval_accuracy": score}))
+    summary = summarize(str(tmp_path / "teacher"), {"l2|student": str(tmp_path / "student")})
+    lines = summary["markdown"].splitlines()
+    assert lines[0] == "| model | params | eval_accuracy | kept of teacher | DM (α=0.5) |"
+    assert lines[1] == "|---|---:|---:|---:|---:|"
+    dm = summary["models"][1]["distillation_metric"]
+    assert lines[2].startswith("| teacher |") and lines[2].endswith("| 90.00% | 100.0% | – |")
+    assert lines[3].startswith("| l2\\|student |") and lines[3].endswith(f"| 81.00% | 90.0% | {dm:.4f} |")

@@ -42,8 +42,10 @@ from hfkd.app.recipes import (
     task_trainer_kwargs,
     train_and_save,
 )
-from hfkd.report.measure import atomic_write, evaluate_model
 from hfkd.objective.projections import PROJECTIONS_ATTR
+from hfkd.report.io import atomic_write
+from hfkd.report.measure import evaluate_model
+from hfkd.report.render import markdown_table
 from hfkd.trainers.distillation import DistillationTrainer
 
 GENERATION_DIR = "gen_{}"
@@ -135,12 +137,12 @@ def new_generation_student(model_args: ModelArguments, teacher: PreTrainedModel,
 def write_summary(summary: dict[str, Any], output_dir: str) -> None:
     """born_again.json and a Markdown table of the generations' scores."""
     metric = summary["metric"]
-    lines = [f"| generation | teacher | {metric} | model |", "|---:|---|---:|---|"]
+    rows = []
     for row in summary["generations"]:
         score = row.get(metric)
-        shown = "–" if score is None else f"{score:.4f}"
         teacher = "–" if row["teacher"] is None else os.path.basename(os.path.normpath(row["teacher"]))
-        lines.append(f"| {row['generation']} | {teacher} | {shown} | {row['path']} |")
-    summary = {**summary, "markdown": "\n".join(lines)}
+        rows.append([row["generation"], teacher, "–" if score is None else f"{score:.4f}", row["path"]])
+    table = markdown_table(["generation", "teacher", metric, "model"], rows)
+    summary = {**summary, "markdown": table}
     atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".json"), json.dumps(summary, indent=2))
     atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".md"), summary["markdown"] + "\n")

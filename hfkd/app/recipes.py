@@ -106,7 +106,7 @@ def train_and_save(trainer: Trainer, task: str) -> dict[str, float]:
 def _report(trainer: DistillationTrainer, task: str) -> None:
     """Teacher vs the saved student on the eval set: report files, and the card gains the table."""
     from hfkd.teacher.placement import is_sharded
-    from hfkd.report.measure import build_report, write_report
+    from hfkd.report import build_report, write_report
 
     args = trainer.args
     if is_sharded(trainer.teacher):

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from safetensors import safe_open
 
-from hfkd.report.measure import distillation_metric
+from hfkd.report.metric import distillation_metric
+from hfkd.report.render import markdown_table
 
 
 def saved_parameter_count(model_dir: str) -> int:
@@ -50,12 +51,15 @@ def summarize(teacher_dir: str, students: Mapping[str, str], metric: str = "eval
         params, score = saved_parameter_count(path), eval_results(path)[metric]
         rows.append({"name": name, "path": path, "params": params, "score": score,
                      "distillation_metric": distillation_metric(params, teacher_params, score, teacher_score, alpha)})
-    lines = [f"| model | params | {metric} | kept of teacher | DM (α={alpha}) |", "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        dm = "–" if row["distillation_metric"] is None else f"{row['distillation_metric']:.4f}"
-        lines.append(f"| {row['name']} | {row['params'] / 1e6:.1f}M | {100 * row['score']:.2f}% | "
-                     f"{100 * row['score'] / teacher_score:.1f}% | {dm} |")
-    return {"metric": metric, "alpha": alpha, "models": rows, "markdown": "\n".join(lines)}
+    table = markdown_table(["model", "params", metric, "kept of teacher", f"DM (α={alpha})"],
+                           [_summary_cells(row, teacher_score) for row in rows])
+    return {"metric": metric, "alpha": alpha, "models": rows, "markdown": table}
+
+
+def _summary_cells(row: Mapping[str, Any], teacher_score: float) -> list[str]:
+    dm = row["distillation_metric"]
+    return [row["name"], f"{row['params'] / 1e6:.1f}M", f"{100 * row['score']:.2f}%",
+            f"{100 * row['score'] / teacher_score:.1f}%", "–" if dm is None else f"{dm:.4f}"]
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -87,7 +91,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     from hfkd.app.task_data import DataArguments, build_data_collator, load_raw_datasets
     from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics
     from hfkd.app.recipes import prepare_task_data
-    from hfkd.report.measure import build_report, write_report
+    from hfkd.report import build_report, write_report
 
     options = parse(argv)
     config = load_yaml_config(options.config) if options.config else {}

@@ -1,24 +1,20 @@
-"""Teacher-vs-student report: size, task score, CPU/GPU latency and the distillation metric.
+"""Measuring teacher and students: size, task score, CPU/GPU latency, gathered into a report.
 
-The distillation metric (DM) of Alkhulaifi, Alsahli & Ahmad (PeerJ Computer Science, 2021) folds
-"how much smaller" and "how much worse" into one number, so students trained with different recipes
-can be ranked on a single axis. Everything else here exists to measure its inputs honestly: real
-eval examples (realistic padding), teacher and students timed interleaved (machine noise hits all
-alike), and files written atomically so an interrupted run never leaves a half-written report.
+Everything here exists to measure the inputs of the distillation metric honestly: real eval
+examples (realistic padding), the same evaluation loop for every model, and teacher and students
+timed interleaved (machine noise hits all alike). Rendering and writing the report live in
+`hfkd.report.render` and `hfkd.report.io`.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
-import json
 import math
 import os
 import platform
 import random
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,49 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, default_data_collator
 
+from hfkd.report.metric import DM_ALPHAS, distillation_metric
+
 ModelOrPath = nn.Module | str | os.PathLike
-DM_ALPHAS = (0.25, 0.5, 0.75)
+Collator = Callable[[list[dict]], Mapping[str, Any]]
 _LABEL_KEYS = ("labels", "label", "label_ids")
-_REPORT_FILES = {"json": "report.json", "markdown": "report.md", "plot": "report.png"}
-
-
-def distillation_metric(
-    student_size: float,
-    teacher_size: float,
-    student_score: float,
-    teacher_score: float,
-    alpha: float = 0.5,
-) -> float:
-    """DM = α·(student_size/teacher_size) + (1−α)·(1 − student_score/teacher_score).
-
-    Lower is better. α weighs compression against fidelity. The value is negative when a small
-    student beats its teacher by enough, and is deliberately not clamped: such students rank first.
-    Scores must be "higher is better" (accuracy, F1, ...).
-    """
-    values = {
-        "student_size": student_size,
-        "teacher_size": teacher_size,
-        "student_score": student_score,
-        "teacher_score": teacher_score,
-        "alpha": alpha,
-    }
-    for name, value in values.items():
-        if not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (weight of size vs score), got {alpha}.")
-    if teacher_size <= 0:
-        raise ValueError(f"teacher_size must be > 0 (it is a divisor), got {teacher_size}.")
-    if teacher_score <= 0:
-        raise ValueError(
-            f"teacher_score must be > 0 (it is a divisor), got {teacher_score}; DM needs a "
-            "higher-is-better metric on which the teacher scores above zero."
-        )
-    if student_size < 0:
-        raise ValueError(f"student_size must be >= 0, got {student_size}.")
-    return float(
-        alpha * (student_size / teacher_size) + (1 - alpha) * (1 - student_score / teacher_score)
-    )
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -118,7 +76,7 @@ def safetensors_size(path_or_model: ModelOrPath) -> int:
 def evaluate_model(
     model: nn.Module,
     eval_dataset: Any,
-    data_collator: Callable[[list[dict]], Mapping[str, Any]] | None,
+    data_collator: Collator | None,
     compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]],
     batch_size: int = 64,
 ) -> dict[str, float]:
@@ -149,7 +107,7 @@ def evaluate_model(
 def measure_latency(
     model: nn.Module,
     inputs: Any,
-    data_collator: Callable[[list[dict]], Mapping[str, Any]] | None = None,
+    data_collator: Collator | None = None,
     *,
     batch_sizes: Sequence[int] = (1, 32),
     warmup: int = 3,
@@ -175,7 +133,7 @@ def measure_latency(
 def measure_latencies(
     models: Mapping[str, nn.Module],
     inputs: Any,
-    data_collator: Callable[[list[dict]], Mapping[str, Any]] | None = None,
+    data_collator: Collator | None = None,
     *,
     batch_sizes: Sequence[int] = (1, 32),
     warmup: int = 3,
@@ -205,54 +163,31 @@ def measure_latencies(
         raise ValueError(
             "need repeats >= 1, best_of >= 1, warmup >= 0 and at least one batch size, all >= 1."
         )
-    names = list(models)
     results: dict[str, dict[str, Any]] = {
-        name: {"seq_len": {}, "threads": torch.get_num_threads()} for name in names
+        name: {"seq_len": {}, "threads": torch.get_num_threads()} for name in models
     }
     with _eval_mode(*models.values()), torch.inference_mode():
         for batch_size in batch_sizes:
             key = f"batch_{batch_size}"
             batches = _latency_batches(inputs, batch_size, repeats, max_length, seed)
-            prepared = {
-                name: [_prepare_inputs(b, models[name], data_collator) for b in batches]
-                for name in names
-            }
-            lengths = [_seq_len(b) for b in prepared[names[0]]]
-            for name in names:
-                results[name]["seq_len"][key] = (
-                    float(np.mean(lengths)) if all(n is not None for n in lengths) else None
-                )
-                for i in range(warmup):
-                    models[name](**prepared[name][i % len(batches)])
-            times: dict[str, list[float]] = {name: [] for name in names}
-            for r in range(repeats):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    batch = prepared[name][r % len(batches)]
-                    times[name].append(_time_call(models[name], batch, best_of))
-            for name in names:
-                ms = np.asarray(times[name])
-                results[name][key] = {
-                    "p50": float(np.percentile(ms, 50)),
-                    "p90": float(np.percentile(ms, 90)),
-                    "mean": float(ms.mean()),
-                }
+            seq_len, stats = _time_interleaved(
+                models, batches, data_collator, warmup, repeats, best_of
+            )
+            for name, result in results.items():
+                result["seq_len"][key] = seq_len
+                result[key] = stats[name]
     largest = max(batch_sizes)
-    for name in names:
-        results[name]["throughput_samples_per_s"] = (
-            1000.0 * largest / results[name][f"batch_{largest}"]["mean"]
-        )
-        results[name]["throughput_batch_size"] = largest
+    for result in results.values():
+        result["throughput_samples_per_s"] = 1000.0 * largest / result[f"batch_{largest}"]["mean"]
+        result["throughput_batch_size"] = largest
     return results
-
-
-# --------------------------------------------------------------------------------------- reporting
 
 
 def build_report(
     teacher: ModelOrPath,
     students: Mapping[str, ModelOrPath] | Sequence[tuple[str, ModelOrPath]],
     eval_dataset: Any,
-    data_collator: Callable[[list[dict]], Mapping[str, Any]] | None,
+    data_collator: Collator | None,
     compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]],
     *,
     metric_name: str = "accuracy",
@@ -273,245 +208,40 @@ def build_report(
     """
     distillation_metric(1, 1, 1, 1, alpha)  # validate alpha before any compute is spent
     batch_sizes = sorted(set(batch_sizes))  # smallest first: the speed-up and table use it
-    student_items = list(students.items()) if isinstance(students, Mapping) else list(students)
-    if not student_items:
-        raise ValueError("build_report needs at least one student.")
-    if teacher_name is None:
-        teacher_name = "teacher" if isinstance(teacher, nn.Module) else str(teacher)
-    names = [teacher_name] + [str(name) for name, _ in student_items]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique, got {names}.")
-
-    models: dict[str, nn.Module] = {}
-    entries: dict[str, dict[str, Any]] = {}
-    for name, source in [(teacher_name, teacher)] + student_items:
-        model = _load_model(source)
-        params, params_no_emb = count_parameters(model)
-        is_saved_folder = not isinstance(source, nn.Module) and Path(source).is_dir()
-        metrics = evaluate_model(
-            model, eval_dataset, data_collator, compute_metrics, eval_batch_size
+    named = _named_sources(teacher, students, teacher_name)
+    models, entries = {}, {}
+    for name, source in named:
+        models[name], entries[name] = _measure_model(
+            name, source, eval_dataset, data_collator, compute_metrics, metric_name, eval_batch_size
         )
-        models[name] = model
-        entries[name] = {
-            "name": name,
-            "params": params,
-            "params_no_embeddings": params_no_emb,
-            "size_bytes": safetensors_size(source if is_saved_folder else model),
-            "score": _score(metrics, metric_name, name),
-            "metrics": metrics,
-        }
-
-    latencies = measure_latencies(
-        models,
-        eval_dataset,
-        data_collator,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        repeats=repeats,
-        best_of=best_of,
-        max_length=max_length,
-    )
-    teacher_p50 = latencies[teacher_name][f"batch_{min(batch_sizes)}"]["p50"]
-    teacher_entry = entries[teacher_name]
+    settings = {
+        "batch_sizes": batch_sizes,
+        "warmup": warmup,
+        "repeats": repeats,
+        "best_of": best_of,
+        "max_length": max_length,
+    }
+    latencies = measure_latencies(models, eval_dataset, data_collator, **settings)
+    teacher_name = named[0][0]
+    teacher_entry, teacher_latency = entries[teacher_name], latencies[teacher_name]
     for name, entry in entries.items():
-        latency = latencies[name]
-        entry["latency_ms"] = {f"batch_{b}": latency[f"batch_{b}"] for b in batch_sizes}
-        entry["throughput_samples_per_s"] = latency["throughput_samples_per_s"]
-        entry["speedup"] = teacher_p50 / latency[f"batch_{min(batch_sizes)}"]["p50"]
-        if name == teacher_name:
-            entry["distillation_metric"] = None
-            entry["distillation_metric_by_alpha"] = None
-            continue
-        try:
-            by_alpha = {
-                str(float(a)): distillation_metric(
-                    entry["params"],
-                    teacher_entry["params"],
-                    entry["score"],
-                    teacher_entry["score"],
-                    a,
-                )
-                for a in sorted({*DM_ALPHAS, float(alpha)})
-            }
-            entry["distillation_metric"] = by_alpha[str(float(alpha))]
-            entry["distillation_metric_by_alpha"] = by_alpha
-        except ValueError as error:
-            entry["distillation_metric"] = None
-            entry["distillation_metric_by_alpha"] = None
-            entry["distillation_metric_error"] = str(error)
-
-    any_latency = latencies[teacher_name]
+        entry.update(_latency_fields(latencies[name], teacher_latency, batch_sizes))
+        entry.update(_no_dm() if name == teacher_name else _dm_fields(entry, teacher_entry, alpha))
     return {
         "alpha": float(alpha),
         "metric_name": metric_name,
         "teacher": teacher_entry,
-        "students": [entries[str(name)] for name, _ in student_items],
-        "threads": any_latency["threads"],
+        "students": [entries[name] for name, _ in named[1:]],
+        "threads": teacher_latency["threads"],
         "device": _device_description(_model_device(models[teacher_name])),
         "latency": {
-            "batch_sizes": list(batch_sizes),
-            "warmup": warmup,
-            "repeats": repeats,
-            "best_of": best_of,
-            "max_length": max_length,
-            "seq_len": any_latency["seq_len"],
-            "throughput_batch_size": any_latency["throughput_batch_size"],
+            **settings,
+            "seq_len": teacher_latency["seq_len"],
+            "throughput_batch_size": teacher_latency["throughput_batch_size"],
         },
         "eval_examples": len(eval_dataset),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-
-
-def rank_students(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Students by DM ascending (best first); students without a DM go last."""
-    return sorted(
-        report["students"],
-        key=lambda s: (s["distillation_metric"] is None, s["distillation_metric"] or 0.0),
-    )
-
-
-def report_to_markdown(report: Mapping[str, Any]) -> str:
-    """Markdown table (teacher first, students by DM) plus notes on how it was measured."""
-    alpha = report["alpha"]
-    teacher = report["teacher"]
-    first_batch = next(iter(teacher["latency_ms"]))
-    batch_label = first_batch.replace("batch_", "batch ")
-    header = (
-        f"| model | params (M) | size (MB) | score ({report['metric_name']}) | Δ vs teacher "
-        f"| p50 latency, {batch_label} (ms) | speed-up | DM (α={alpha:g}) |"
-    )
-    lines = [header, "|" + "---|" + "---:|" * 7]
-    for entry in [teacher, *rank_students(report)]:
-        is_teacher = entry is teacher
-        dm = entry["distillation_metric"]
-        name = _md_escape(entry["name"])
-        cells = [
-            f"**{name}** (teacher)" if is_teacher else name,
-            f"{entry['params'] / 1e6:.4g}",
-            f"{entry['size_bytes'] / 1e6:.4g}",
-            _fmt(entry["score"], ".4f"),
-            "—" if is_teacher else _fmt(entry["score"] - teacher["score"], "+.4f"),
-            f"{entry['latency_ms'][first_batch]['p50']:.2f}",
-            f"{entry['speedup']:.2f}×",
-            "—" if is_teacher else ("n/a" if dm is None else f"{dm:.4f}"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    latency = report.get("latency", {})
-    runs = (
-        f" over {latency['repeats']} interleaved samples (each the best of {latency['best_of']} "
-        "back-to-back forward passes)"
-        if "repeats" in latency and "best_of" in latency
-        else ""
-    )
-    notes = [
-        f"DM (α = {alpha:g}) = α·params_student/params_teacher + (1−α)·(1 − score_student/"
-        "score_teacher), lower is better (Alkhulaifi et al., 2021); students are ranked by it.",
-        f"Latency: median{runs} on real eval examples, "
-        f"{report['threads']} threads, device: {report['device']}. "
-        f"Speed-up = teacher p50 / student p50 at {batch_label}.",
-    ]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
-
-
-def plot_report(report: Mapping[str, Any]) -> bytes:
-    """PNG of score vs parameters, the Pareto front (fewer params, higher score) as a step line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    teacher = report["teacher"]
-    points = [teacher, *report["students"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    try:
-        front = _pareto_front(points)
-        front_x = [p["params"] / 1e6 for p in front]
-        front_y = [p["score"] for p in front]
-        # the last level runs on to the largest model, so a one-point front is still a visible line
-        ax.step(
-            front_x + [max(p["params"] for p in points) / 1e6],
-            front_y + front_y[-1:],
-            where="post",
-            color="0.45",
-            linestyle="--",
-            linewidth=1.2,
-            label="Pareto front",
-            zorder=1,
-        )
-        ax.scatter(front_x, front_y, s=200, facecolors="none", edgecolors="0.45", zorder=2)
-        students = report["students"]
-        ax.scatter(
-            [s["params"] / 1e6 for s in students],
-            [s["score"] for s in students],
-            s=60,
-            color="tab:blue",
-            label="students",
-            zorder=3,
-        )
-        ax.scatter(
-            [teacher["params"] / 1e6],
-            [teacher["score"]],
-            s=180,
-            marker="*",
-            color="tab:red",
-            label="teacher",
-            zorder=3,
-        )
-        for p in points:
-            dm = p["distillation_metric"]
-            label = p["name"] if dm is None else f"{p['name']}\nDM={dm:.3f}"
-            ax.annotate(
-                label,
-                (p["params"] / 1e6, p["score"]),
-                textcoords="offset points",
-                xytext=(6, 6),
-                fontsize=8,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-            )
-        ax.set_xlabel("parameters (M)")
-        ax.set_ylabel(report["metric_name"])
-        ax.set_title(f"{report['metric_name']} vs size (DM at α={report['alpha']:g})")
-        ax.margins(x=0.2, y=0.2)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write report.json, report.md and report.png, each atomically; returns their paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    contents = {
-        "json": json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n",
-        "markdown": "# Distillation report\n\n" + report_to_markdown(report),
-        "plot": plot_report(report),
-    }
-    return {
-        kind: atomic_write(output_dir / _REPORT_FILES[kind], data)
-        for kind, data in contents.items()
-    }
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write a temp file in the same folder, then os.replace: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "xb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -571,7 +301,7 @@ def _accepted_inputs(model: nn.Module) -> set[str] | None:
 
 
 def _input_collator(
-    model: nn.Module, data_collator: Callable[[list[dict]], Mapping[str, Any]] | None
+    model: nn.Module, data_collator: Collator | None
 ) -> Callable[[list[dict]], dict[str, Any]]:
     """Collator that first drops columns the model cannot take (e.g. raw text, idx)."""
     collator = data_collator or default_data_collator
@@ -606,6 +336,116 @@ def _concat_padded(chunks: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
+def _named_sources(
+    teacher: ModelOrPath,
+    students: Mapping[str, ModelOrPath] | Sequence[tuple[str, ModelOrPath]],
+    teacher_name: str | None,
+) -> list[tuple[str, ModelOrPath]]:
+    """(name, model or folder), teacher first; names are unique strings (they key the report)."""
+    student_items = list(students.items()) if isinstance(students, Mapping) else list(students)
+    if not student_items:
+        raise ValueError("build_report needs at least one student.")
+    if teacher_name is None:
+        teacher_name = "teacher" if isinstance(teacher, nn.Module) else str(teacher)
+    named = [(str(teacher_name), teacher)] + [(str(name), source) for name, source in student_items]
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}.")
+    return named
+
+
+def _measure_model(
+    name: str,
+    source: ModelOrPath,
+    eval_dataset: Any,
+    data_collator: Collator | None,
+    compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]],
+    metric_name: str,
+    eval_batch_size: int,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The loaded model and its report entry: sizes, metrics and the score DM is computed from."""
+    model = _load_model(source)
+    params, params_no_emb = count_parameters(model)
+    is_saved_folder = not isinstance(source, nn.Module) and Path(source).is_dir()
+    metrics = evaluate_model(model, eval_dataset, data_collator, compute_metrics, eval_batch_size)
+    return model, {
+        "name": name,
+        "params": params,
+        "params_no_embeddings": params_no_emb,
+        "size_bytes": safetensors_size(source if is_saved_folder else model),
+        "score": _score(metrics, metric_name, name),
+        "metrics": metrics,
+    }
+
+
+def _latency_fields(
+    latency: Mapping[str, Any], teacher_latency: Mapping[str, Any], batch_sizes: Sequence[int]
+) -> dict[str, Any]:
+    """Latency per batch size, throughput, and the speed-up over the teacher at the smallest."""
+    smallest = f"batch_{batch_sizes[0]}"
+    return {
+        "latency_ms": {f"batch_{b}": latency[f"batch_{b}"] for b in batch_sizes},
+        "throughput_samples_per_s": latency["throughput_samples_per_s"],
+        "speedup": teacher_latency[smallest]["p50"] / latency[smallest]["p50"],
+    }
+
+
+def _no_dm() -> dict[str, Any]:
+    return {"distillation_metric": None, "distillation_metric_by_alpha": None}
+
+
+def _dm_fields(
+    entry: Mapping[str, Any], teacher: Mapping[str, Any], alpha: float
+) -> dict[str, Any]:
+    """A student's DM at `alpha` and at every DM_ALPHAS; null with the reason when undefined."""
+    try:
+        by_alpha = {
+            str(float(a)): distillation_metric(
+                entry["params"], teacher["params"], entry["score"], teacher["score"], a
+            )
+            for a in sorted({*DM_ALPHAS, float(alpha)})
+        }
+    except ValueError as error:
+        return {**_no_dm(), "distillation_metric_error": str(error)}
+    return {
+        "distillation_metric": by_alpha[str(float(alpha))],
+        "distillation_metric_by_alpha": by_alpha,
+    }
+
+
+def _time_interleaved(
+    models: Mapping[str, nn.Module],
+    batches: list[list[dict[str, Any]] | dict[str, Any]],
+    data_collator: Collator | None,
+    warmup: int,
+    repeats: int,
+    best_of: int,
+) -> tuple[float | None, dict[str, dict[str, float]]]:
+    """Mean padded length of `batches` and, per model, p50/p90/mean ms over `repeats` rotations."""
+    names = list(models)
+    prepared = {
+        name: [_prepare_inputs(b, models[name], data_collator) for b in batches] for name in names
+    }
+    lengths = [_seq_len(b) for b in prepared[names[0]]]
+    seq_len = float(np.mean(lengths)) if all(n is not None for n in lengths) else None
+    for name in names:
+        for i in range(warmup):
+            models[name](**prepared[name][i % len(batches)])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(_time_call(models[name], prepared[name][r % len(batches)], best_of))
+    stats = {}
+    for name, samples in times.items():
+        ms = np.asarray(samples)
+        stats[name] = {
+            "p50": float(np.percentile(ms, 50)),
+            "p90": float(np.percentile(ms, 90)),
+            "mean": float(ms.mean()),
+        }
+    return seq_len, stats
+
+
 def _latency_batches(
     inputs: Any, batch_size: int, repeats: int, max_length: int | None, seed: int
 ) -> list[list[dict[str, Any]] | dict[str, Any]]:
@@ -632,7 +472,7 @@ def _latency_batches(
 def _prepare_inputs(
     batch: list[dict[str, Any]] | dict[str, Any],
     model: nn.Module,
-    data_collator: Callable[[list[dict]], Mapping[str, Any]] | None,
+    data_collator: Collator | None,
 ) -> dict[str, Any]:
     """Collate (before timing, so it is never timed), drop labels, move to the model's device."""
     if isinstance(batch, list):
@@ -689,33 +529,3 @@ def _score(metrics: Mapping[str, float], metric_name: str, model_name: str) -> f
         f"metric {metric_name!r} not in the metrics of {model_name!r}: {sorted(metrics)}; "
         "set metric_name to one of them."
     )
-
-
-def _pareto_front(points: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Points no other point beats on both size (fewer params) and score, by params ascending."""
-    front: list[Mapping[str, Any]] = []
-    for p in sorted(points, key=lambda p: (p["params"], -p["score"])):
-        if not front or p["score"] > front[-1]["score"]:
-            front.append(p)
-    return front
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become null so report.json stays valid JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)

@@ -18,7 +18,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from hfkd.report.measure import atomic_write, report_to_markdown
+from hfkd.report.io import atomic_write
+from hfkd.report.render import markdown_table, report_to_markdown
 
 # hfkd task names (hfkd.metrics.TASKS, with "_" or "-") and Hub pipeline tags
 # -> (pipeline tag, Auto class to load with)
@@ -58,13 +59,54 @@ def build_model_card(
 
     `metrics` are scores on `dataset_names[0]` (the evaluation set); Trainer-style `eval_` prefixes
     and bookkeeping entries (runtime, loss, ...) are dropped. `task` is an hfkd task name or a Hub
-    pipeline tag. `report` is `hfkd.report.measure.build_report`'s output, rendered with its DM ranking.
+    pipeline tag. `report` is `hfkd.report.build_report`'s output, rendered with its DM ranking.
     """
     if not dataset_names:
         raise ValueError("dataset_names must name at least the evaluation dataset.")
     pipeline_tag, auto_class = _TASKS.get(task.replace("_", "-"), (task, "AutoModel"))
     scores = _clean_metrics(metrics)
-    card_data = ModelCardData(
+    card_data = _card_data(model_name, teacher_name, dataset_names, scores, pipeline_tag, license)
+    teacher_ref = (
+        f"[{teacher_name}](https://huggingface.co/{teacher_name})"
+        if _HUB_ID.match(teacher_name) and not os.path.exists(teacher_name)
+        else f"`{teacher_name}`"
+    )
+    sections = [
+        f"# {model_name}",
+        f"This model is a student distilled from {teacher_ref} with "
+        "hfkd (knowledge distillation for the Hugging Face stack) for "
+        f"{pipeline_tag} on {', '.join(f'`{d}`' for d in dataset_names)}.",
+        "## Results\n\n"
+        + markdown_table(("metric", "value"), [(k, _fmt(v)) for k, v in scores.items()])
+        + f"\n\nEvaluated on `{dataset_names[0]}`.",
+        "## Distillation settings\n\n"
+        + markdown_table(
+            ("setting", "value"), [(k, _fmt(v)) for k, v in distillation_settings.items()]
+        ),
+    ]
+    if report is not None:
+        sections.append("## Comparison with the teacher\n\n" + report_to_markdown(report).strip())
+    sections.append(
+        "## How to use\n\n"
+        "```python\n"
+        f"from transformers import {auto_class}, AutoTokenizer\n\n"
+        f'model = {auto_class}.from_pretrained("{model_name}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")\n'
+        "```"
+    )
+    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _card_data(
+    model_name: str,
+    teacher_name: str,
+    dataset_names: list[str],
+    scores: Mapping[str, float],
+    pipeline_tag: str,
+    license: str | None,
+) -> ModelCardData:
+    """The front matter: the teacher as base model, and the scores as Hub eval results."""
+    return ModelCardData(
         model_name=model_name,
         base_model=teacher_name,
         datasets=list(dataset_names),
@@ -84,33 +126,6 @@ def build_model_card(
             for name, value in scores.items()
         ],
     )
-    teacher_ref = (
-        f"[{teacher_name}](https://huggingface.co/{teacher_name})"
-        if _HUB_ID.match(teacher_name) and not os.path.exists(teacher_name)
-        else f"`{teacher_name}`"
-    )
-    sections = [
-        f"# {model_name}",
-        f"This model is a student distilled from {teacher_ref} with "
-        "hfkd (knowledge distillation for the Hugging Face stack) for "
-        f"{pipeline_tag} on {', '.join(f'`{d}`' for d in dataset_names)}.",
-        "## Results\n\n"
-        + _table(("metric", "value"), [(k, _fmt(v)) for k, v in scores.items()])
-        + f"\n\nEvaluated on `{dataset_names[0]}`.",
-        "## Distillation settings\n\n"
-        + _table(("setting", "value"), [(k, _fmt(v)) for k, v in distillation_settings.items()]),
-    ]
-    if report is not None:
-        sections.append("## Comparison with the teacher\n\n" + report_to_markdown(report).strip())
-    sections.append(
-        "## How to use\n\n"
-        "```python\n"
-        f"from transformers import {auto_class}, AutoTokenizer\n\n"
-        f'model = {auto_class}.from_pretrained("{model_name}")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")\n'
-        "```"
-    )
-    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
 
 
 def write_model_card(output_dir: str | os.PathLike, text: str) -> Path:
@@ -134,16 +149,9 @@ def _clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _fmt(value: Any) -> str:
+    """A setting or score as table text: floats to 4 significant digits, containers as JSON."""
     if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, (list, tuple, dict)):
-        text = json.dumps(value)
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {_fmt(k)} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
