@@ -1,7 +1,7 @@
 """The private `transformers.Trainer` methods hfkd overrides, and nothing else, in one place.
 
 transformers offers no public hook for these four needs, so each override only forwards to a
-public hook of hfkd's trainers. `tests/test_trainer_internals.py` pins the transformers behaviour
+public hook of hfkd's trainers. `tests/trainers/test_trainer_internals.py` pins the transformers behaviour
 each one relies on (the method exists with this signature and is called where we expect), so an
 upgrade that changes it fails there first, loudly:
 

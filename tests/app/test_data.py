@@ -18,7 +18,7 @@ from hfkd.app.task_data import (
     prepare_token_classification_datasets,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 WORDS = (
     "the a movie film is was good bad great awful plot acting john mary lives in paris london "
