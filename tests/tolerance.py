@@ -59,7 +59,10 @@ def float32_bound(magnitudes, n: int | None = None, ulps: float = 1.0, dim: int 
     `n`: the length of the longest reduction (defaults to the number of magnitudes, or their size
     along `dim`); `dim`: sum along it only, for a bound per entry (a tensor; else a float).
     """
-    m = torch.as_tensor(magnitudes, dtype=torch.float64).abs()
+    if torch.is_tensor(magnitudes):
+        m = magnitudes.detach().double().abs()
+    else:
+        m = torch.as_tensor(magnitudes, dtype=torch.float64).abs()
     if n is None:
         n = m.numel() if dim is None else m.shape[dim]
     factor = ulps * EPS32 * (math.log2(max(n, 1)) + 2)
