@@ -94,6 +94,7 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(workspac
     ids = torch.tensor([[101, 2204, 2143, 102]])
     gen1.eval()
     with torch.no_grad():
+        # The same saved weights, inputs and kernels: exact by construction.
         torch.testing.assert_close(seen[1]["teacher_model"](input_ids=ids).logits, gen1(input_ids=ids).logits)
     assert gen1.config.num_hidden_layers == gen0.config.num_hidden_layers  # born again: same architecture
     table = json.loads(open(os.path.join(out, "born_again.json")).read())

@@ -12,6 +12,7 @@ from conftest import seq_cls_dataset, seq_cls_pair
 from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.objective.losses import relation_kl_loss, relation_log_probs
 from hfkd.objective.relations import QKVCapture, RelationDistiller, parse_relations
+from tolerance import assert_within, float32_bound, kl_magnitudes
 
 
 def config(tmp_path, **kw):
@@ -30,18 +31,26 @@ def padded_batch(n=4, length=9, seed=0):
 
 
 def reference_relation_kl(student, teacher, heads, mask):
-    """Loop over examples, heads and valid rows; padding removed by slicing, torch's kl_div."""
-    per_row = []
+    """Loop over examples, heads and valid rows; padding removed by slicing, torch's kl_div, in float64.
+
+    Also returns the float32 error bound of that mean: each score is a dot product of width d, so a few
+    ulps of sum |a_i b_i| / sqrt(d); a row's log-softmax moves by at most its largest score error; then
+    the KL's own terms (tests/tolerance.py).
+    """
+    per_row, sizes = [], []
     for i in range(student.shape[0]):
         valid = int(mask[i].sum())
-        s, t = student[i, :valid], teacher[i, :valid]
+        s, t = student[i, :valid].double(), teacher[i, :valid].double()
         ds, dt = s.shape[-1] // heads, t.shape[-1] // heads
         for h in range(heads):
             sh, th = s[:, h * ds:(h + 1) * ds], t[:, h * dt:(h + 1) * dt]
-            log_s = F.log_softmax(sh @ sh.T / math.sqrt(ds), -1)
-            p_t = F.softmax(th @ th.T / math.sqrt(dt), -1)
-            per_row.append(F.kl_div(log_s, p_t, reduction="none").sum(-1))
-    return torch.cat(per_row).mean()
+            scores_s, scores_t = sh @ sh.T / math.sqrt(ds), th @ th.T / math.sqrt(dt)
+            log_s, log_t = F.log_softmax(scores_s, -1), F.log_softmax(scores_t, -1)
+            per_row.append(F.kl_div(log_s, log_t.exp(), reduction="none").sum(-1))
+            dot_sizes = (sh.abs() @ sh.abs().T / math.sqrt(ds)).amax(-1) + (th.abs() @ th.abs().T / math.sqrt(dt)).amax(-1)
+            sizes.append(kl_magnitudes(log_t, log_s, scores_t.logsumexp(-1), scores_s.logsumexp(-1)) + 2 * dot_sizes)
+    sizes = torch.cat(sizes)
+    return torch.cat(per_row).mean(), float32_bound(sizes / len(sizes), n=max(student.shape[-1], student.shape[1]))
 
 
 def test_relation_kl_matches_an_independent_loop_with_padding_and_different_widths():
@@ -49,7 +58,8 @@ def test_relation_kl_matches_an_independent_loop_with_padding_and_different_widt
     student, teacher = torch.randn(3, 6, 8, generator=g), torch.randn(3, 6, 12, generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 1, 0, 0, 0]])
     loss = relation_kl_loss((student, student), (teacher, teacher), num_relation_heads=4, mask=mask)
-    assert loss.item() == pytest.approx(reference_relation_kl(student, teacher, 4, mask).item(), rel=1e-5)
+    expected, bound = reference_relation_kl(student, teacher, 4, mask)
+    assert loss.item() == pytest.approx(expected.item(), abs=bound)
 
 
 def test_relation_of_q_and_k_is_the_models_own_attention_distribution(tiny_pair):
@@ -61,12 +71,23 @@ def test_relation_of_q_and_k_is_the_models_own_attention_distribution(tiny_pair)
     with capture.capture() as qkv:
         out = teacher.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              output_attentions=True)
-    probs = relation_log_probs(qkv["q"], qkv["k"], 4, batch["attention_mask"]).exp()
+    log_probs = relation_log_probs(qkv["q"], qkv["k"], 4, batch["attention_mask"])
+    probs = log_probs.exp()
+    # Two float32 softmaxes of the same scores q.k / sqrt(8). Relative to p, each errs by its scores'
+    # errors (a few ulps of sum |q_i k_i| / sqrt(8); the row's largest counts twice, via the normaliser)
+    # plus a few ulps of |log p| and of the normaliser, from exp and the row sum.
+    q, k = (qkv[name].double().reshape(4, 9, 4, 8).transpose(1, 2) for name in "qk")
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+    score_errors = float32_bound((q.abs() @ k.abs().transpose(-1, -2) / math.sqrt(8)).unsqueeze(-1), n=8, dim=-1)
     valid = batch["attention_mask"].bool()
     for i in range(len(valid)):
         rows = valid[i]
-        torch.testing.assert_close(probs[i][:, rows][..., rows], out.attentions[2][i][:, rows][..., rows],
-                                   atol=1e-5, rtol=1e-4)
+        p, log_p = probs[i][:, rows][..., rows].double(), log_probs[i][:, rows][..., rows].double()
+        norm = scores[i][:, rows][..., rows].logsumexp(-1, keepdim=True)
+        softmax_errors = float32_bound(torch.stack([torch.ones_like(p), log_p.abs(), norm.abs().expand_as(p)], -1),
+                                       n=9, dim=-1)
+        relative = score_errors[i][:, rows][..., rows] + score_errors[i][:, rows][..., rows].amax(-1, keepdim=True)
+        assert_within(p, out.attentions[2][i][:, rows][..., rows], 2 * p * (relative + softmax_errors), f"example {i}")
 
 
 def test_captured_qkv_are_the_layer_projections_and_hooks_are_removed(tiny_pair):
@@ -117,9 +138,12 @@ def test_llama_with_grouped_query_attention_trains_on_relations(tmp_path):
 
 def test_causal_relations_only_look_back():
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(0))
-    probs = relation_log_probs(x, x, 2, causal=True).exp()
+    log_probs = relation_log_probs(x, x, 2, causal=True)
+    probs = log_probs.exp()
     assert torch.all(probs[..., torch.ones(5, 5).triu(1).bool()] == 0)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 2, 5))
+    # Each probability carries a few ulps of its log-probability (and of the normaliser, < 3 here) relatively.
+    sizes = probs.double() * (1 + log_probs.double().abs().nan_to_num(0.0, posinf=0.0) + 3)
+    assert_within(probs.sum(-1), torch.ones(1, 2, 5), float32_bound(sizes, n=5, ulps=2, dim=-1))
 
 
 def relation_loss_of(tmp_path, teacher, student, **kw):
@@ -138,7 +162,9 @@ def test_relation_loss_is_zero_for_identical_models_and_grows_with_perturbation(
             for p in student.bert.encoder.parameters():
                 p.add_(scale * torch.randn(p.shape, generator=g))
         losses.append(relation_loss_of(tmp_path, teacher, student))
-    assert losses[0] == pytest.approx(0.0, abs=1e-6)
+    # Identical models: p (log p - log q) with log p == log q up to the roundings of exp and log; a few ulps
+    # of the terms summed, p log p and p log q, whose sum is twice the row entropy <= 2 log 9 (9 keys).
+    assert losses[0] == pytest.approx(0.0, abs=float32_bound(2 * math.log(9), n=9))
     assert losses == sorted(losses) and losses[1] > 0 and losses[-1] > 10 * losses[1]
 
 
@@ -158,9 +184,15 @@ def test_trainer_term_matches_the_pure_loss_on_captured_projections(tmp_path):
     sq, sk, sv = (m(s_hidden) for m in (s_att.query, s_att.key, s_att.value))
     mask = features["attention_mask"]
     expected = (relation_kl_loss((sq, sk), (tq, tk), 4, mask) + relation_kl_loss((sv, sv), (tv, tv), 4, mask)) / 2
+    # Exact by construction: the same function on the same projections (same inputs and kernels).
     assert trainer._term_sums["relation_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-    ce = F.cross_entropy(student(**features).logits, batch["labels"])
-    assert loss.item() == pytest.approx(0.5 * ce.item() + expected.item(), rel=1e-5)
+    logits = student(**features).logits.double()
+    log_q, norm = F.log_softmax(logits, -1), logits.logsumexp(-1)
+    ce = F.cross_entropy(logits, batch["labels"])
+    # The trainer's float32 CE: a few ulps of -log q_y and its normaliser per example; then one float32 sum.
+    ce_sizes = (log_q.gather(1, batch["labels"][:, None])[:, 0].abs() + norm.abs()).mean()
+    bound = float32_bound([0.5 * ce_sizes.item(), expected.item()], n=3)
+    assert loss.item() == pytest.approx(0.5 * ce.item() + expected.item(), abs=bound)
 
 
 def test_relation_gradients_reach_the_student_and_the_teacher_stays_frozen(tmp_path, tiny_pair, tiny_dataset):

@@ -67,7 +67,7 @@ def test_max_steps_that_disagree_with_the_stages_is_refused():
 
 
 def staged_trainer(tmp_path, **kw):
-    teacher, student = seq_cls_pair(student_hidden=16)
+    teacher, student = (m.double() for m in seq_cls_pair(student_hidden=16))  # float64: see the resume test
     args = config(tmp_path, stages=[{"max_steps": 2, **INTERMEDIATE}, {"max_steps": 2, **PREDICTION}],
                   include_embeddings=True, **kw)
     return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=seq_cls_dataset(48))
@@ -96,6 +96,9 @@ def test_resuming_at_or_right_after_the_stage_boundary_matches_an_uninterrupted_
     resumed.train(resume_from_checkpoint=str(tmp_path / "ckpt" / "run" / f"checkpoint-{checkpoint}"))
     expected, actual = full.model.state_dict(), resumed.model.state_dict()
     for key in expected:
+        # Same operations replayed on bit-exact restored state (equal here); float64 keeps it so where a
+        # kernel's result depends on where loaded tensors lie in memory (Adam amplifies a float32 ulp).
+        assert expected[key].dtype in (torch.float64, torch.int64), key
         torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
     logged = [h for h in resumed.state.log_history if "loss" in h]
     assert [h["stage"] for h in logged][-1] == 2

@@ -64,7 +64,8 @@ def test_lora_student_trains_only_adapter_and_projections(tmp_path, tiny_dataset
 
 
 def test_adapter_saves_and_reloads_to_the_same_outputs_and_merges(tmp_path, tiny_dataset):
-    teacher, student = seq_cls_pair(student_hidden=16)
+    # float64: merged weights W + BA and the adapter's W x + B A x then agree to ~1e-15, not to float32 rounding.
+    teacher, student = (m.double() for m in seq_cls_pair(student_hidden=16))
     args = config(tmp_path, alpha_attention=0.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset,
                                   peft_config=lora("SEQ_CLS"))
@@ -80,18 +81,18 @@ def test_adapter_saves_and_reloads_to_the_same_outputs_and_merges(tmp_path, tiny
     assert not any(PROJECTIONS_ATTR in k for k in saved) and any("classifier" in k for k in saved)
     assert "LORA r=4" in (tmp_path / "adapter" / "README.md").read_text()
     _, base = seq_cls_pair(student_hidden=16)  # the same untrained base student
-    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
-    torch.testing.assert_close(logits(reloaded, inputs), trained)
+    reloaded = PeftModel.from_pretrained(base.double(), tmp_path / "adapter")
+    torch.testing.assert_close(logits(reloaded, inputs), trained)  # the same weights and operations: exact
 
     trainer.save_merged_student(str(tmp_path / "merged"))
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
-    assert isinstance(merged, BertForSequenceClassification)
+    assert isinstance(merged, BertForSequenceClassification) and merged.dtype == torch.float64
     torch.testing.assert_close(logits(merged, inputs), trained, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits(trainer.model, inputs), trained)  # the trainer keeps its adapter
 
 
 def test_merge_adapter_on_save_writes_a_plain_student(tmp_path, tiny_dataset):
-    teacher, student = seq_cls_pair()
+    teacher, student = (m.double() for m in seq_cls_pair())  # float64: see the test above
     args = config(tmp_path, alpha_hidden=0.0, alpha_attention=0.0, max_steps=2, merge_adapter_on_save=True)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset,
                                   peft_config=lora("SEQ_CLS"))
@@ -100,6 +101,7 @@ def test_merge_adapter_on_save_writes_a_plain_student(tmp_path, tiny_dataset):
     files = set(os.listdir(tmp_path / "run"))
     assert {"config.json", "model.safetensors", "README.md"} <= files and "adapter_config.json" not in files
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run")
+    assert merged.dtype == torch.float64
     torch.testing.assert_close(logits(merged, features()), logits(trainer.model, features()), atol=1e-5, rtol=1e-5)
 
 
@@ -128,7 +130,7 @@ def test_resume_restores_adapter_and_projections(tmp_path, tiny_dataset):
 
 def test_adapter_teacher_loads_merged(tmp_path, tiny_dataset):
     teacher, student = seq_cls_pair()
-    teacher.save_pretrained(tmp_path / "base")
+    teacher.double().save_pretrained(tmp_path / "base")  # float64: merged and adapter logits agree to ~1e-15
     base = BertForSequenceClassification.from_pretrained(tmp_path / "base")
     adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False))
     adapted.save_pretrained(tmp_path / "teacher_adapter")
@@ -138,6 +140,7 @@ def test_adapter_teacher_loads_merged(tmp_path, tiny_dataset):
     trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher_adapter"),
                                   args=config(tmp_path, alpha_hidden=0.0, alpha_attention=0.0), train_dataset=tiny_dataset)
     assert type(trainer.teacher) is BertForSequenceClassification  # merged: no adapter layers left
+    assert trainer.teacher.dtype == torch.float64
     assert not any("lora" in n for n, _ in trainer.teacher.named_parameters())
     torch.testing.assert_close(logits(trainer.teacher, features()), expected, atol=1e-5, rtol=1e-5)
 

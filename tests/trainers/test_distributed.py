@@ -33,7 +33,9 @@ def test_two_process_distillation(tmp_path):
     assert train_seen[0].isdisjoint(train_seen[1]) and len(train_seen[0] | train_seen[1]) == 64
     assert seen[0] and seen[1]
     assert ranks[0]["student_wrapped"] and not ranks[0]["teacher_wrapped"] and not ranks[0]["teacher_trainable"]
-    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # DDP kept replicas in sync
+    # DDP kept replicas in sync: after each all-reduce both ranks hold the same bits (a + b == b + a), so
+    # equal updates and equal checksums; a replica that missed a sync differs by a whole step (~1e-3).
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
     # Only the main process writes: 2 checkpoints (student + projections) and the final student with its card.
     assert sorted(ranks[0]["writes"]) == sorted(["save_pretrained"] * 3 + ["save_file"] * 2 + ["write_model_card"])
     assert ranks[1]["writes"] == []

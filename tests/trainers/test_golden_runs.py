@@ -66,7 +66,7 @@ from hfkd import (
     build_teacher_cache,
     load_teacher_cache,
 )
-from hfkd.teacher_cache import teacher_cache_fingerprint
+from hfkd.teacher.cache import teacher_cache_fingerprint
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 RECORD = os.environ.get("HFKD_RECORD_GOLDEN") == "1"
@@ -184,8 +184,8 @@ def mutual(tmp_path):
 
 
 def born_again(tmp_path):
-    from hfkd.born_again import generation_dir
-    from hfkd.cli import main
+    from hfkd.app.born_again import generation_dir
+    from hfkd.app.cli import main
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")

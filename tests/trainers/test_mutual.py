@@ -3,6 +3,7 @@ regularisation effect DML is known for on a noisy-label task."""
 
 import copy
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import BertForSequenceClassification, Trainer, TrainingArgumen
 
 from conftest import VOCAB, bert_config, seq_cls_dataset
 from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer, peer_dir
+from tolerance import assert_within, float32_bound, kl_magnitudes
 
 
 def config(tmp_path, **kw):
@@ -31,46 +33,103 @@ def batch(n=6, seed=0):
     return {k: torch.tensor(v) for k, v in rows.to_dict().items()}
 
 
+def keep_logits(models):
+    """Forward hooks that keep each model's logits (gradients retained): [[logits of each call], ...]."""
+    kept = [[] for _ in models]
+
+    def hook(store, module, args, output):
+        output.logits.retain_grad()
+        store.append(output.logits)
+
+    return kept, [m.register_forward_hook(partial(hook, store)) for store, m in zip(kept, models)]
+
+
+def softmax_grad_sizes(target, log_q, norm_q, log_target=None, norm_target=None):
+    """Per logit, the sizes a float32 gradient q - target of a softmax CE/KL is rounded from: q and the
+    target, times the log-probabilities and normalisers they come from (exact float64 inputs)."""
+    logs = 1 + log_q.abs() + norm_q.abs().unsqueeze(-1)
+    if log_target is not None:
+        logs = logs + log_target.abs() + norm_target.abs().unsqueeze(-1)
+    return (target + log_q.exp()) * logs
+
+
+def assert_grads_follow_from_logit_grads(models, logit_grads, inputs):
+    """Each model's parameter gradients are its float64 backward pass of those logit gradients: hfkd's
+    float32 loss arithmetic only enters through the logit gradients (checked against their own bound)."""
+    for model, grad in zip(models, logit_grads):
+        twin = copy.deepcopy(model)
+        twin.zero_grad(set_to_none=True)
+        twin(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.backward(grad)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-9, msg=name)  # float64 both
+
+
 def test_loss_and_gradients_match_a_hand_computed_dml_objective(tmp_path):
-    models = peers(3, hidden=(32, 16, 24))
-    args = config(tmp_path, alpha_ce=0.3, alpha_kd=0.7, temperature=2.0, peer_kd_weights=[1.0, 0.5, 2.0])
+    # float64 peers: the reference is exact, the error left is hfkd's float32 loss arithmetic.
+    models = [m.double() for m in peers(3, hidden=(32, 16, 24))]
+    weights = [1.0, 0.5, 2.0]
+    args = config(tmp_path, alpha_ce=0.3, alpha_kd=0.7, temperature=2.0, peer_kd_weights=weights)
     trainer = MutualDistillationTrainer(peers=models, args=args)
     inputs = batch()
     trainer.model.train()
+    kept, hooks = keep_logits(models)
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
-    got = [[p.grad.clone() for p in m.parameters()] for m in models]
+    for hook in hooks:
+        hook.remove()
+    assert [len(k) for k in kept] == [1, 1, 1]
 
     # Independent: CE_i + w_i * mean_j T² KL(p_j/T || p_i/T), targets p_j fixed (no gradient).
     twins = [copy.deepcopy(m).train() for m in models]
-    for m in twins:
-        m.zero_grad(set_to_none=True)
     logits = [m(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits for m in twins]
-    expected = 0.0
-    for i, (z_i, w_i) in enumerate(zip(logits, [1.0, 0.5, 2.0])):
+    for z in logits:
+        z.retain_grad()
+    labels, n = inputs["labels"], len(inputs["labels"])
+    onehot = F.one_hot(labels, 3).double()
+    expected, sizes, grad_sizes = 0.0, 0.0, []
+    for i, (z_i, w_i) in enumerate(zip(logits, weights)):
         kls = [F.kl_div(F.log_softmax(z_i / 2, -1), F.softmax(z_j.detach() / 2, -1), reduction="batchmean") * 4
                for j, z_j in enumerate(logits) if j != i]
-        expected = expected + 0.3 * F.cross_entropy(z_i, inputs["labels"]) + 0.7 * w_i * sum(kls) / len(kls)
+        expected = expected + 0.3 * F.cross_entropy(z_i, labels) + 0.7 * w_i * sum(kls) / len(kls)
+        # What hfkd sums in float32: -log q_y with its normaliser, and each T² KL's terms (tests/tolerance.py).
+        log_q1, norm_q1 = F.log_softmax(z_i, -1).detach(), z_i.logsumexp(-1).detach()
+        log_q, norm_q = F.log_softmax(z_i / 2, -1).detach(), (z_i / 2).logsumexp(-1).detach()
+        sizes += 0.3 * float((log_q1.gather(1, labels[:, None]).abs()[:, 0] + norm_q1.abs()).sum()) / n
+        grad = 0.3 / n * softmax_grad_sizes(onehot, log_q1, norm_q1)
+        kd_weight = 0.7 * w_i / len(kls)
+        for j, z_j in enumerate(logits):
+            if j != i:
+                log_p, norm_p = F.log_softmax(z_j / 2, -1).detach(), (z_j / 2).logsumexp(-1).detach()
+                sizes += kd_weight * 4 * float(kl_magnitudes(log_p, log_q, norm_p, norm_q).sum()) / n  # T² = 4
+                grad = grad + kd_weight * 2 / n * softmax_grad_sizes(log_p.exp(), log_q, norm_q, log_p, norm_p)
+        grad_sizes.append(grad)
     expected.backward()
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
-    for model_grads, twin in zip(got, twins):
-        for grad, p in zip(model_grads, twin.parameters()):
-            torch.testing.assert_close(grad, p.grad, atol=1e-5, rtol=1e-4)
+    assert_within(loss, expected, float32_bound(sizes, n=3 * n), "loss")
+    for i, (library, twin) in enumerate(zip(kept, logits)):
+        assert_within(library[0].grad, twin.grad, float32_bound(grad_sizes[i], n=3, ulps=2, dim=-1).unsqueeze(-1),
+                      f"peer {i} logit gradients")
+    assert_grads_follow_from_logit_grads(models, [k[0].grad for k in kept], inputs)
 
 
 def test_zero_kd_weight_peer_learns_from_labels_only(tmp_path):
     """[1, 0]: the second peer (a teacher trained alongside) gets the plain CE gradient."""
-    models = peers(2)
+    models = [m.double() for m in peers(2)]  # float64: see the test above
     trainer = MutualDistillationTrainer(peers=models, args=config(tmp_path, peer_kd_weights=[1, 0]))
     inputs = batch()
     trainer.model.train()
+    kept, hooks = keep_logits(models[1:])
     trainer.compute_loss(trainer.model, inputs).backward()
+    for hook in hooks:
+        hook.remove()
     twin = copy.deepcopy(models[1])
-    twin.zero_grad(set_to_none=True)
     logits = twin(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    logits.retain_grad()
     (0.5 * F.cross_entropy(logits, inputs["labels"])).backward()
-    for p, q in zip(models[1].parameters(), twin.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+    # The CE gradient 0.5 (q - onehot) / 6 per logit, within float32 rounding: no KD gradient on top.
+    log_q, norm_q = F.log_softmax(logits, -1).detach(), logits.logsumexp(-1).detach()
+    sizes = 0.5 / 6 * softmax_grad_sizes(F.one_hot(inputs["labels"], 3).double(), log_q, norm_q)
+    assert_within(kept[0][0].grad, logits.grad, float32_bound(sizes, n=3, dim=-1).unsqueeze(-1), "logit gradients")
+    assert_grads_follow_from_logit_grads(models[1:], [kept[0][0].grad], inputs)
 
 
 def test_evaluation_per_peer_and_saved_layout(tmp_path):
@@ -86,6 +145,7 @@ def test_evaluation_per_peer_and_saved_layout(tmp_path):
         model.eval()
         with torch.no_grad():
             logits = model(input_ids=torch.tensor(data["input_ids"])).logits
+        # An argmax: exact, as these logits' top-2 gaps (>= 2e-4) dwarf the float32 effect of batching.
         accuracy = (logits.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
         assert metrics[f"eval_peer{i}_accuracy"] == pytest.approx(accuracy)
     assert metrics["eval_accuracy"] == metrics["eval_peer0_accuracy"]
