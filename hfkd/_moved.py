@@ -31,7 +31,6 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
     "hfkd.multi_teacher": ("hfkd.teacher.ensemble",),
     "hfkd.teacher_cache": ("hfkd.teacher.cache",),
     "hfkd.validation": ("hfkd.models", "hfkd.teacher.loading"),
-    "hfkd.adapters": ("hfkd.student.adapters",),
     "hfkd.augment": ("hfkd.transfer.augment",),
     "hfkd.model_card": ("hfkd.report.model_card",),
     "hfkd.arguments": ("hfkd.app.arguments",),

@@ -8,8 +8,10 @@ import os
 from importlib import import_module
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import (
+    PreTrainedConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -17,7 +19,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from hfkd.student.adapters import base_model
+from hfkd.adapters import base_model
 
 # Task heads recognised by class-name suffix, with the Auto class that loads each.
 TASK_AUTO_CLASSES = {
@@ -91,3 +93,66 @@ def require_attentions(outputs: Any, who: str) -> None:
             f"the {who} returned no attention maps, so the attention loss has nothing to compare; "
             "load it with attn_implementation='eager' (or call model.set_attn_implementation('eager'))."
         )
+
+
+# Checked in order; the first existing ModuleList wins. Task models first, then base models.
+KNOWN_LAYER_PATHS: tuple[str, ...] = (
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+    "distilbert.transformer.layer",
+    "transformer.h",
+    "model.layers",
+    "encoder.layer",
+    "transformer.layer",
+    "model.decoder.layers",
+    "layers",
+    "h",
+)
+
+
+def find_layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """Return `(dotted_path, module_list)` of the model's transformer layers.
+
+    Known paths are tried first; otherwise the ModuleList with `config.num_hidden_layers` entries
+    (the one holding most parameters if several qualify, e.g. per-layer norms next to the blocks).
+    """
+    for path in KNOWN_LAYER_PATHS:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, torch.nn.ModuleList):
+            return path, module
+
+    config = getattr(model, "config", None)
+    depth = getattr(config, "num_hidden_layers", None) if isinstance(config, PreTrainedConfig) else None
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name and isinstance(module, torch.nn.ModuleList) and len(module) == depth
+    ]
+    if not candidates:
+        raise ValueError(
+            f"Could not find the layer stack of {type(model).__name__}: tried {list(KNOWN_LAYER_PATHS)} and "
+            f"found no torch.nn.ModuleList with config.num_hidden_layers={depth} entries."
+        )
+    return max(candidates, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def is_zero3_partitioned(model: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds only this process's shard of the weights (`zero.Init`)."""
+    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether running `model` needs every process (a ZeRO-3 engine or an FSDP module).
+
+    Such a teacher cannot be evaluated by the main process alone (e.g. for the report).
+    """
+    if is_zero3_partitioned(getattr(model, "module", model)):
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # torch built without distributed support
+        return False
+    return isinstance(model, (FSDPModule, FullyShardedDataParallel))

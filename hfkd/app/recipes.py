@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from hfkd.student.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
+from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
 from hfkd.app.arguments import ModelArguments, parse_args
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.app.task_data import (
@@ -105,7 +105,7 @@ def train_and_save(trainer: Trainer, task: str) -> dict[str, float]:
 
 def _report(trainer: DistillationTrainer, task: str) -> None:
     """Teacher vs the saved student on the eval set: report files, and the card gains the table."""
-    from hfkd.teacher.placement import is_sharded
+    from hfkd.models import is_sharded
     from hfkd.report import build_report, write_report
 
     args = trainer.args

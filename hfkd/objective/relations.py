@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from hfkd.objective.losses import relation_kl_loss
-from hfkd.student.create import find_layer_stack
+from hfkd.models import find_layer_stack
 
 # (query, key, value) module names per family, matched on the last component of each module path
 # inside one transformer layer; the first match wins (self-attention before cross-attention).

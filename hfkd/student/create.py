@@ -22,23 +22,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from hfkd.teacher.placement import is_zero3_partitioned
+from hfkd.models import find_layer_stack, is_zero3_partitioned
 
-__all__ = ["create_student", "find_layer_stack", "hidden_size", "num_layers"]
-
-# Checked in order; the first existing ModuleList wins. Task models first, then base models.
-KNOWN_LAYER_PATHS: tuple[str, ...] = (
-    "bert.encoder.layer",
-    "roberta.encoder.layer",
-    "distilbert.transformer.layer",
-    "transformer.h",
-    "model.layers",
-    "encoder.layer",
-    "transformer.layer",
-    "model.decoder.layers",
-    "layers",
-    "h",
-)
+__all__ = ["create_student", "hidden_size", "num_layers"]
 
 # Names of the feed-forward width across config families (BERT/Llama, DistilBERT, GPT-2, OPT).
 _INTERMEDIATE_SIZE_NAMES: tuple[str, ...] = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
@@ -71,35 +57,6 @@ def num_layers(model_or_config: PreTrainedModel | PreTrainedConfig) -> int:
 def hidden_size(model_or_config: PreTrainedModel | PreTrainedConfig) -> int:
     """Width of the hidden states, read from `config.hidden_size` (aliased per family)."""
     return _config_int(model_or_config, "hidden_size", "width")
-
-
-def find_layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """Return `(dotted_path, module_list)` of the model's transformer layers.
-
-    Known paths are tried first; otherwise the ModuleList with `config.num_hidden_layers` entries
-    (the one holding most parameters if several qualify, e.g. per-layer norms next to the blocks).
-    """
-    for path in KNOWN_LAYER_PATHS:
-        try:
-            module = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(module, torch.nn.ModuleList):
-            return path, module
-
-    config = getattr(model, "config", None)
-    depth = getattr(config, "num_hidden_layers", None) if isinstance(config, PreTrainedConfig) else None
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and isinstance(module, torch.nn.ModuleList) and len(module) == depth
-    ]
-    if not candidates:
-        raise ValueError(
-            f"Could not find the layer stack of {type(model).__name__}: tried {list(KNOWN_LAYER_PATHS)} and "
-            f"found no torch.nn.ModuleList with config.num_hidden_layers={depth} entries."
-        )
-    return max(candidates, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
 def _intermediate_size_name(config: PreTrainedConfig) -> str | None:

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModel
 
 from hfkd.models import TASK_AUTO_CLASSES, DistillationSetupError, class_name, is_default_labels, task_of
-from hfkd.student.adapters import load_pretrained
+from hfkd.adapters import load_pretrained
 
 
 def parse_dtype(name: str | None, field: str = "teacher_dtype") -> torch.dtype | None:
@@ -44,7 +44,7 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
     """Return the teacher model, loading a name/path with the student's task Auto class.
 
     A folder holding a PEFT adapter (`adapter_config.json`) loads its base model, applies the
-    adapter and merges it (`hfkd.student.adapters.load_pretrained`).
+    adapter and merges it (`hfkd.adapters.load_pretrained`).
     """
     if isinstance(teacher, nn.Module):
         return teacher

@@ -170,22 +170,3 @@ def _restored(obj: Any, names: tuple[str, ...]) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(obj, name, value)
-
-
-def is_zero3_partitioned(model: nn.Module) -> bool:
-    """Whether DeepSpeed ZeRO-3 holds only this process's shard of the weights (`zero.Init`)."""
-    return any(hasattr(parameter, "ds_id") for parameter in model.parameters())
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether running `model` needs every process (a ZeRO-3 engine or an FSDP module).
-
-    Such a teacher cannot be evaluated by the main process alone (e.g. for the report).
-    """
-    if is_zero3_partitioned(getattr(model, "module", model)):
-        return True
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-    except ImportError:  # torch built without distributed support
-        return False
-    return isinstance(model, (FSDPModule, FullyShardedDataParallel))

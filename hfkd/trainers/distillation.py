@@ -23,7 +23,7 @@ from hfkd.objective.objective import Objective
 from hfkd.objective.projections import WidthProjections
 from hfkd.objective.schedules import DistillationSchedule
 from hfkd.objective.stages import stage_index, stage_unit, stage_weights
-from hfkd.student.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
+from hfkd.adapters import adapter_summary, is_peft_model, merged_copy, wrap_student
 from hfkd.teacher.cache import (
     CACHE_COLUMNS,
     TEACHER_TOPK_INDICES,
@@ -53,7 +53,7 @@ class DistillationTrainer(DistillationTrainerBase):
         teacher_processing_class: the teacher's tokenizer (or one per teacher), checked
             token-for-token against `processing_class` (the student's) when both are given.
         peft_config: a `peft.PeftConfig` (e.g. `LoraConfig`): train an adapter on the student
-            instead of all its weights (`hfkd.student.adapters`).
+            instead of all its weights (`hfkd.adapters`).
         dataset_names: datasets named in the model card (the first is the evaluation set).
         Every other argument is `transformers.Trainer`'s.
     """

@@ -24,7 +24,8 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from hfkd.student.create import create_student, find_layer_stack, hidden_size, num_layers
+from hfkd.models import find_layer_stack
+from hfkd.student.create import create_student, hidden_size, num_layers
 
 VOCAB = 100
 

@@ -90,7 +90,8 @@ def run(rank: int, mode: str, output_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from transformers import BertForSequenceClassification
 
-    from hfkd.teacher.placement import is_sharded, prepare_teacher
+    from hfkd.models import is_sharded
+    from hfkd.teacher.placement import prepare_teacher
 
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(bert_config(layers=2, hidden=32))

@@ -21,13 +21,13 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 from conftest import REPO_ROOT, bert_config
 from hfkd import create_student
+from hfkd.models import is_sharded
 from hfkd.trainers.checkpoints import checkpoint_problem
 from hfkd.teacher.placement import (
     DEEPSPEED,
     DEVICE,
     FSDP,
     deepspeed_inference_config,
-    is_sharded,
     model_hidden_size,
     prepare_teacher,
     teacher_placement,
