@@ -291,6 +291,7 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if cpu_only_multiprocess():
             self.use_cpu = True  # `accelerate launch --multi_gpu` without GPUs: DDP over gloo on the CPU
+        self._check_unused_fields()  # before a preset fills fields in
         if self.preset is not None:
             apply_preset(self, self.preset)
         self.term_weights = _parse_term_weights(self.term_weights)
@@ -304,7 +305,6 @@ class DistillationConfig(TrainingArguments):
                 f"temperature must be > 0, got {self.temperature}; typical values are 1 to 8."
             )
         check_weights(self.base_loss_weights, allow_all_zero=self.stages is not None)
-        self._check_unused_fields()
         parse_relations(self.relations)
         for name in ("relation_heads", "relation_teacher_layer", "relation_student_layer"):
             value = getattr(self, name)
