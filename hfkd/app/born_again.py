@@ -87,10 +87,10 @@ def check_generations(args: BornAgainConfig, model_args: ModelArguments) -> None
     out = args.output_dir
     if model_args.overwrite_output_dir or not os.path.isdir(out):
         return
-    if args.should_save:
-        recover(out)
-    earlier = sorted(n for n in os.listdir(out) if re.fullmatch(GENERATION_DIR.format(r"\d+"), n)
-                     or n.startswith(SUMMARY_NAME + "."))
+    generations = [n for n in os.listdir(out) if re.fullmatch(GENERATION_DIR.format(r"\d+"), n)]
+    for folder in [out, *(os.path.join(out, n) for n in generations)] if args.should_save else ():
+        recover(folder)  # finish a save that a kill interrupted
+    earlier = sorted(generations + [n for n in os.listdir(out) if n.startswith(SUMMARY_NAME + ".")])
     if earlier:
         raise ValueError(f"output_dir {out} already holds a born-again run ({', '.join(earlier[:3])}); pass "
                          "--overwrite_output_dir to replace it, or choose another output_dir.")
