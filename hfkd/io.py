@@ -64,13 +64,13 @@ def staged(folder: str | os.PathLike, enabled: bool = True) -> Iterator[str]:
     staging = os.path.join(folder, STAGING_PREFIX + tag)
     content = os.path.join(staging, os.path.basename(folder))
     os.makedirs(content)
+    commit = os.path.join(folder, COMMIT_PREFIX + tag)
     try:
         yield content
-    except BaseException:
+        os.replace(staging, commit)
+    except BaseException:  # nothing was committed: the folder keeps its entries
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    commit = os.path.join(folder, COMMIT_PREFIX + tag)
-    os.replace(staging, commit)
     _finish_commit(commit, folder)
 
 
