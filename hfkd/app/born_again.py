@@ -11,8 +11,10 @@ from the same initialisation:
   generation 0 (a smaller student, distilled in a chain of generations);
 - neither: the teacher's architecture, randomly re-initialised (seeded), as in the paper.
 
-Generation k is saved in `output_dir/gen_k` (model, tokenizer, eval_results.json); the scores of
-every generation, the teacher's included, go to `output_dir/born_again.json` and `born_again.md`.
+Generation k is saved in `output_dir/gen_k` (model, tokenizer, eval_results.json, as one set: a kill
+leaves a generation complete or absent); the scores of every generation, the teacher's included, go
+to `output_dir/born_again.json` and `born_again.md`. A rerun into an `output_dir` holding generations
+is refused unless `--overwrite_output_dir` (like the other recipes; generations are not resumed).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedModel, set_seed
 
 from hfkd.app.arguments import ModelArguments
+from hfkd.io import recover, staged
 from hfkd.models import resolve_model_path
 from hfkd.config import DistillationConfig
 from hfkd.app.task_data import DataArguments, build_data_collator, load_raw_datasets
@@ -43,7 +47,6 @@ from hfkd.app.recipes import (
     train_and_save,
 )
 from hfkd.objective.projections import PROJECTIONS_ATTR
-from hfkd.report.io import atomic_write
 from hfkd.report.measure import evaluate_model
 from hfkd.report.render import markdown_table
 from hfkd.trainers.distillation import DistillationTrainer
@@ -79,8 +82,23 @@ def generation_dir(output_dir: str, generation: int) -> str:
     return os.path.join(output_dir, GENERATION_DIR.format(generation))
 
 
+def check_generations(args: BornAgainConfig, model_args: ModelArguments) -> None:
+    """Refuse to train generations over an earlier born-again run's (they would silently replace its gen_k)."""
+    out = args.output_dir
+    if model_args.overwrite_output_dir or not os.path.isdir(out):
+        return
+    generations = [n for n in os.listdir(out) if re.fullmatch(GENERATION_DIR.format(r"\d+"), n)]
+    for folder in [out, *(os.path.join(out, n) for n in generations)] if args.should_save else ():
+        recover(folder)  # finish a save that a kill interrupted
+    earlier = sorted(generations + [n for n in os.listdir(out) if n.startswith(SUMMARY_NAME + ".")])
+    if earlier:
+        raise ValueError(f"output_dir {out} already holds a born-again run ({', '.join(earlier[:3])}); pass "
+                         "--overwrite_output_dir to replace it, or choose another output_dir.")
+
+
 def run_born_again(model_args: ModelArguments, data_args: DataArguments, args: BornAgainConfig) -> dict[str, Any]:
     """Recipe: train `args.generations` generations; returns the summary (also written to output_dir)."""
+    check_generations(args, model_args)
     check_output_dir(args, model_args)
     task = model_args.task
     teachers, tokenizer = load_teachers(model_args, args, "born-again training")
@@ -144,5 +162,8 @@ def write_summary(summary: dict[str, Any], output_dir: str) -> None:
         rows.append([row["generation"], teacher, "–" if score is None else f"{score:.4f}", row["path"]])
     table = markdown_table(["generation", "teacher", metric, "model"], rows)
     summary = {**summary, "markdown": table}
-    atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".json"), json.dumps(summary, indent=2))
-    atomic_write(os.path.join(output_dir, SUMMARY_NAME + ".md"), summary["markdown"] + "\n")
+    with staged(output_dir) as folder:  # both files, or neither
+        with open(os.path.join(folder, SUMMARY_NAME + ".json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        with open(os.path.join(folder, SUMMARY_NAME + ".md"), "w", encoding="utf-8") as handle:
+            handle.write(summary["markdown"] + "\n")

@@ -2,12 +2,13 @@
 
 Each entry point takes `(ModelArguments, DataArguments, TrainingArguments/DistillationConfig)` and
 ends by writing the model (tokenizer included), `eval_results.json` and `all_results.json` in
-`output_dir`. Multi-process runs come from `accelerate launch`; only the main process writes.
+`output_dir`, as one set (`hfkd.io.staged`). Multi-process runs come from `accelerate launch`; only the main process writes.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, Tr
 
 from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
 from hfkd.app.arguments import ModelArguments, parse_args
+from hfkd.io import recover, staged
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.app.task_data import (
     DataArguments,
@@ -93,14 +95,23 @@ def train_and_save(trainer: Trainer, task: str) -> dict[str, float]:
         metrics = trainer.evaluate()
         if task in ("masked_lm", "causal_lm"):
             metrics["eval_perplexity"] = perplexity_from_loss(metrics["eval_loss"])
-    trainer.save_model()
-    trainer.save_metrics("train", result.metrics)
-    if metrics:
-        trainer.save_metrics("eval", metrics)
-    trainer.save_state()
+    # The model and its results as one set: a kill leaves the previous set or this one (`hfkd.io.staged`).
+    with staged(args.output_dir, enabled=args.should_save) as folder:
+        trainer.save_model(folder)
+        if args.should_save:
+            write_results(trainer, folder, result.metrics, metrics)
     if getattr(args, "report_at_end", False) and trainer.eval_dataset is not None and trainer.is_world_process_zero():
         _report(trainer, task)
     return metrics
+
+
+def write_results(trainer: Trainer, folder: str, train: dict[str, float], evaluation: dict[str, float]) -> None:
+    """What `Trainer.save_metrics` and `save_state` write, into `folder` (the staging folder)."""
+    results = {"train": train, **({"eval": evaluation} if evaluation else {}), "all": {**train, **evaluation}}
+    for split, values in results.items():
+        with open(os.path.join(folder, f"{split}_results.json"), "w", encoding="utf-8") as handle:
+            json.dump(values, handle, indent=4, sort_keys=True)
+    trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
 
 
 def _report(trainer: DistillationTrainer, task: str) -> None:
@@ -140,6 +151,8 @@ def card_dataset_names(data_args: DataArguments) -> list[str]:
 def check_output_dir(args: TrainingArguments, model_args: ModelArguments) -> None:
     """Refuse to write over another run unless asked to resume or overwrite it."""
     out = args.output_dir
+    if out and os.path.isdir(out) and args.should_save:
+        recover(out)  # finish a final save that a kill interrupted, before judging what the folder holds
     if not out or not os.path.isdir(out) or args.resume_from_checkpoint or model_args.overwrite_output_dir:
         return
     markers = [n for n in os.listdir(out) if n.startswith("checkpoint-") or n in ("model.safetensors", "trainer_state.json")]
@@ -431,12 +444,12 @@ def use_teacher_cache(
     A missing cache means online distillation (with a warning); a stale one is refused. Casts the
     teachers to the device and `teacher_dtype` the trainer would, since the fingerprint hashes their weights.
     """
-    from hfkd.teacher.cache import FINGERPRINT_NAME, load_teacher_cache, teacher_cache_fingerprint
+    from hfkd.teacher.cache import cache_exists, load_teacher_cache, teacher_cache_fingerprint
 
     cache_dir = args.teacher_cache_dir
     if not cache_dir or "train" not in datasets:
         return datasets
-    if not os.path.isfile(os.path.join(cache_dir, FINGERPRINT_NAME)):
+    if not cache_exists(cache_dir):
         logger.warning("No teacher cache in %s: distilling online (build one with hfkd cache-teacher).", cache_dir)
         return datasets
     expected = teacher_cache_fingerprint(

@@ -1,52 +1,36 @@
-"""Report files, written atomically so an interrupted run never leaves a half-written one."""
+"""Report files, written as one set (`hfkd.io.staged`) so an interrupted run never leaves a half-written one."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hfkd.io import atomic_write, staged
 from hfkd.report.render import plot_report, report_to_markdown
+
+__all__ = ["atomic_write", "write_report"]
 
 _REPORT_FILES = {"json": "report.json", "markdown": "report.md", "plot": "report.png"}
 
 
 def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write report.json, report.md and report.png, each atomically; returns their paths."""
+    """Write report.json, report.md and report.png as one set (old set or new set after a kill); returns their paths."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     contents = {
         "json": json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n",
         "markdown": "# Distillation report\n\n" + report_to_markdown(report),
         "plot": plot_report(report),
     }
-    return {
-        kind: atomic_write(output_dir / _REPORT_FILES[kind], data)
-        for kind, data in contents.items()
-    }
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write a temp file in the same folder, then os.replace: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "xb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with staged(output_dir) as staging:
+        for kind, data in contents.items():
+            Path(staging, _REPORT_FILES[kind]).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return {kind: output_dir / name for kind, name in _REPORT_FILES.items()}
 
 
 def _json_safe(value: Any) -> Any:

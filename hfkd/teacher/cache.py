@@ -43,7 +43,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -57,6 +56,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hfkd import __version__
+from hfkd.io import recover, staged
 from hfkd.objective.losses import require_topk_loss
 from hfkd.models import forward_arg_names, task_of
 
@@ -143,7 +143,8 @@ def build_teacher_cache(
     Batches are formed in order of length (less padding) with the collator training uses; rows keep
     the input order. The teacher runs in eval mode under `torch.inference_mode()` on its own device
     and dtype (cast it to `teacher_dtype` first if training uses one). The cache is written to a
-    temporary folder and renamed into place, so an interrupted build leaves no cache to trust.
+    staging folder and swapped into place (`hfkd.io.staged`): a kill leaves the previous cache or the new
+    one. `cache_dir` must be new, empty or an hfkd cache (`check_cache_dir`).
     Returns the saved dataset (memory-mapped from `cache_dir`). A list of teachers (same task
     head and classes) stores their logits side by side, in list order.
     """
@@ -156,6 +157,7 @@ def build_teacher_cache(
         raise ValueError(f"the teachers differ in task head or class count {sorted(heads, key=str)}: "
                          "cache teachers that share the student's head and label set / vocabulary.")
     _check_cacheable(task, dataset)
+    check_cache_dir(cache_dir)
     if top_k is not None and len(teachers) > 1:
         raise ValueError("a top-k cache holds one teacher's distribution: cache several teachers with full "
                          "logits (unset teacher_cache_top_k), or distill from them online.")
@@ -192,7 +194,7 @@ def build_teacher_cache(
 def load_teacher_cache(cache_dir: str | os.PathLike, expected_fingerprint: Mapping[str, Any]) -> datasets.Dataset:
     """The cached dataset, if its fingerprint equals `expected_fingerprint` (see `teacher_cache_fingerprint`)."""
     path = os.path.join(os.fspath(cache_dir), FINGERPRINT_NAME)
-    if not os.path.isfile(path):
+    if not cache_exists(cache_dir):
         raise FileNotFoundError(f"no teacher cache in {cache_dir} (no {FINGERPRINT_NAME}): {REBUILD_HINT}.")
     with open(path, encoding="utf-8") as handle:
         stored = json.load(handle)
@@ -445,22 +447,44 @@ def _check_disk_space(cache_dir: str | os.PathLike, needed: int) -> None:
 
 
 def _save_atomically(dataset: datasets.Dataset, fingerprint: Mapping[str, Any], cache_dir: str) -> None:
-    """Save to a sibling temp folder, write the fingerprint last, then swap it into place."""
-    parent = os.path.dirname(os.path.abspath(cache_dir))
-    os.makedirs(parent, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = os.path.join(parent, f".{os.path.basename(cache_dir)}.tmp-{tag}")
-    old = os.path.join(parent, f".{os.path.basename(cache_dir)}.old-{tag}")
-    try:
+    """Save into a staging folder, fingerprint last, then swap it in (`hfkd.io.staged`: a kill leaves
+    the previous cache or the new one, never none)."""
+    with staged(os.path.dirname(os.path.abspath(cache_dir))) as staging:
+        tmp = os.path.join(staging, os.path.basename(os.path.abspath(cache_dir)))
         dataset.save_to_disk(tmp)
         with open(os.path.join(tmp, FINGERPRINT_NAME), "w", encoding="utf-8") as handle:
             json.dump(dict(fingerprint), handle, indent=2, sort_keys=True)
-        if os.path.exists(cache_dir):
-            os.replace(cache_dir, old)
-        os.replace(tmp, cache_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_cache_dir(cache_dir: str | os.PathLike) -> None:
+    """Refuse to build over a folder that is not an hfkd cache: the build replaces the whole folder."""
+    cache_dir = os.fspath(cache_dir)
+    recover_cache(cache_dir)
+    if not os.path.isdir(cache_dir) or not os.listdir(cache_dir) or _stored(cache_dir) is not None:
+        return
+    raise ValueError(f"teacher_cache_dir {cache_dir} holds files but no hfkd teacher cache ({FINGERPRINT_NAME} "
+                     "written by hfkd), and building replaces the whole folder: choose a new or empty folder.")
+
+
+def cache_exists(cache_dir: str | os.PathLike) -> bool:
+    """Whether `cache_dir` holds a complete cache, after finishing a swap that a kill interrupted."""
+    recover_cache(cache_dir)
+    return os.path.isfile(os.path.join(os.fspath(cache_dir), FINGERPRINT_NAME))
+
+
+def recover_cache(cache_dir: str | os.PathLike) -> None:
+    """Finish (or drop, if unfinished) a cache write that a kill interrupted; see `hfkd.io.recover`."""
+    recover(os.path.dirname(os.path.abspath(os.fspath(cache_dir))))
+
+
+def _stored(cache_dir: str) -> dict[str, Any] | None:
+    """The fingerprint hfkd wrote in `cache_dir`, or None when there is none (or it is not hfkd's)."""
+    try:
+        with open(os.path.join(cache_dir, FINGERPRINT_NAME), encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and {"teacher_sha256", "hfkd_version"} <= set(stored) else None
 
 
 _STALE_HINTS = {

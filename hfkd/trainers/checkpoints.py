@@ -1,7 +1,10 @@
 """Which checkpoint a run may resume from: never one that a kill left half-written.
 
 `Trainer` writes `trainer_state.json` last (and not atomically), so a checkpoint folder without a
-parseable one, or without weights, was interrupted while saving. Both hfkd trainers resolve
+parseable one, or without weights, was interrupted while saving. A weights file cut short (a copy
+or sync that stopped, a disk that filled) is caught too: every `.safetensors` file of the folder and
+of its peers' folders (mutual learning) must be as long as its header says, and every torch
+`.bin`/`.pt`/`.pth` file must be a whole zip archive. Both hfkd trainers resolve
 `resume_from_checkpoint` through `checked_resume_checkpoint` before handing it to `Trainer.train`.
 """
 
@@ -10,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def checked_resume_checkpoint(output_dir: str, resume: str | bool | None) -> str | bool | None:
@@ -45,7 +51,34 @@ def checkpoint_problem(path: str) -> str | None:
     engine_weights = "latest" in names or any(n.startswith("pytorch_model_fsdp") for n in names)
     if not engine_weights and not any(n.endswith(".safetensors") or n.startswith("adapter_model") for n in names):
         return "holds no model weights"
+    for file in _weight_files(path):
+        if not _is_whole(file):
+            return f"is incomplete ({os.path.relpath(file, path)} is truncated or corrupt)"
     return None
+
+
+def _weight_files(path: str) -> list[str]:
+    """The checkpoint's weight and state files, its peers' folders (`peer1/`, ...) included."""
+    folders = [path] + [os.path.join(path, n) for n in sorted(os.listdir(path))
+                        if re.fullmatch(r"peer\d+", n) and os.path.isdir(os.path.join(path, n))]
+    return [os.path.join(folder, n) for folder in folders for n in sorted(os.listdir(folder))
+            if n.endswith(_WEIGHT_SUFFIXES) and os.path.isfile(os.path.join(folder, n))]
+
+
+def _is_whole(file: str) -> bool:
+    """A safetensors file whose header parses and whose length is what it says; a whole torch zip."""
+    if not file.endswith(".safetensors"):
+        return zipfile.is_zipfile(file)
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if 8 + size > os.path.getsize(file):
+                return False
+            header = json.loads(handle.read(size))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return os.path.getsize(file) == 8 + size + end
 
 
 def last_complete_checkpoint(output_dir: str, required: bool = True) -> str | None:

@@ -34,6 +34,7 @@ from transformers.utils import can_return_loss, find_labels
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from hfkd.config import DistillationConfig
+from hfkd.io import staged
 from hfkd.models import forward_arg_names, is_causal_lm
 from hfkd.objective.losses import KD_LOSSES, task_ce_loss
 from hfkd.objective.objective import Normalisers, aligned
@@ -236,6 +237,15 @@ class MutualDistillationTrainer(DistillationTrainerBase):
         return metrics
 
     # ------------------------------------------------------------------ saving and resuming
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """A final save writes all peers' folders as one set (`hfkd.io.staged`: a kill leaves the previous
+        set or this one); checkpoints are judged complete or not by `trainers.checkpoints`."""
+        if _internal_call:
+            super().save_model(output_dir, _internal_call)
+            return
+        with staged(output_dir or self.args.output_dir, enabled=self.args.should_save) as folder:
+            super().save_model(folder, _internal_call)
 
     def save_weights(self, output_dir: str | None, state_dict: dict | None) -> None:
         """Each peer as its own `save_pretrained` folder (see `peer_dir`), with the tokenizer."""
