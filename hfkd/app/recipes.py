@@ -366,9 +366,8 @@ def run_mutual_learning(
         student = load(model_args.student_model_name_or_path)
     else:
         raise ValueError("no student: set student_model_name_or_path, or a teacher to build the student from.")
-    peers = [student, *(load(path) for path in args.peer_model_name_or_path)]
-    if args.train_teacher_alongside:
-        peers.append(teacher)
+    alongside = [teacher] if args.train_teacher_alongside else []
+    peers = [student, *(load(path) for path in args.peer_model_name_or_path), *alongside]
     check_sequence_length(data_args, *peers)
     use_eos_for_padding(tokenizer, *peers)
     trainer = MutualDistillationTrainer(
