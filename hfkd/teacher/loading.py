@@ -85,6 +85,8 @@ def load_trained_teacher(auto_class: Any, path: str, **kwargs: Any) -> nn.Module
     if os.path.isdir(path) and is_adapter_folder(path):
         return load_pretrained(auto_class, path, **kwargs)
     model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    if model.base_model is model:  # a bare encoder (AutoModel): no head to check, a missing pooler is usual
+        return model
     base = f"{model.base_model_prefix}."
     fresh = sorted(key for key in (*info["missing_keys"], *(m[0] for m in info["mismatched_keys"]))
                    if not key.startswith(base))

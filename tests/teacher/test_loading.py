@@ -1,7 +1,7 @@
 """hfkd.teacher.loading: a teacher checkpoint without its task head, and trust_remote_code only when stated."""
 
 import pytest
-from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, BertModel
+from transformers import AutoModel, AutoModelForSequenceClassification, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from conftest import bert_config
 from hfkd import DistillationConfig, DistillationTrainer
@@ -27,6 +27,9 @@ def test_teacher_path_with_its_head_loads(tmp_path):
     BertForSequenceClassification(bert_config()).save_pretrained(tmp_path / "teacher")
     teacher = load_trained_teacher(AutoModelForSequenceClassification, str(tmp_path / "teacher"))
     assert isinstance(teacher, BertForSequenceClassification)
+    # A bare encoder has no head: its pooler, absent from a masked-LM checkpoint, is no reason to refuse.
+    BertForMaskedLM(bert_config()).save_pretrained(tmp_path / "mlm")
+    assert isinstance(load_trained_teacher(AutoModel, str(tmp_path / "mlm")), BertModel)
 
 
 def test_trust_remote_code_inside_init_kwargs_needs_the_explicit_flag(tmp_path):
