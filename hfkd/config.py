@@ -162,7 +162,8 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Keyword arguments (dict or JSON string) for `from_pretrained` when the teacher is "
-            "given as a name or path."
+            "given as a name or path. trust_remote_code here must be the boolean true, and in recipes needs "
+            "the --trust_remote_code flag too."
         },
     )
     teacher_dtype: str | None = field(

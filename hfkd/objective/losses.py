@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from hfkd.models import DistillationSetupError
+
 Tensor = torch.Tensor
 
 # Logit values (items × classes) a KD loss processes at once. A causal LM's KD term written on whole
@@ -289,6 +291,15 @@ def require_topk_loss(kd_loss: str, fix: str) -> None:
         raise ValueError(
             f"kd_loss={kd_loss!r} needs the teacher's full distribution, which a top-k teacher cache does not "
             f"keep: use kd_loss in {sorted(TOPK_KD_LOSSES)}, or {fix}."
+        )
+
+
+def require_several_classes(kd_loss: str, classes: int) -> None:
+    """The softmax of one output (regression, num_labels=1) is always 1: every KD loss but mse is then 0."""
+    if classes == 1 and kd_loss != "mse":
+        raise DistillationSetupError(
+            f"kd_loss={kd_loss!r} compares class distributions, but the student has one output (regression, "
+            "num_labels=1), whose softmax is always 1, so KD would be 0: use kd_loss='mse'."
         )
 
 # ---------------------------------------------------------------- hidden-state losses

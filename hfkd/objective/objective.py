@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfkd.models import DistillationSetupError
+from hfkd.models import DistillationSetupError, task_of
 from hfkd.objective.layer_mapping import resolve_layer_mapping
+from hfkd.objective.losses import require_several_classes
 from hfkd.objective.projections import WidthProjections
 from hfkd.objective.relations import RelationDistiller, parse_relations
 from hfkd.objective.terms import TERMS, Term, TermContext
@@ -87,6 +88,8 @@ class Objective:
 
     def __init__(self, args: Any, student: nn.Module, teacher: nn.Module | None, causal: bool) -> None:
         self.args, self.causal = args, causal
+        if args.uses("kd") and task_of(student) == "sequence_classification":
+            require_several_classes(args.kd_loss, student.config.num_labels)
         self.terms = [term for name, term in TERMS.items() if args.uses(name)]
         self.layer_pairs = {term.name: self._pairs(term, student, teacher) for term in self.terms
                             if term.layer_mapping and teacher is not None}

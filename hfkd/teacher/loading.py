@@ -5,6 +5,7 @@ Every error is one line that names both sides and the fix.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from transformers import AutoModel
 
 from hfkd.models import TASK_AUTO_CLASSES, DistillationSetupError, class_name, is_default_labels, task_of
-from hfkd.adapters import load_pretrained
+from hfkd.adapters import is_adapter_folder, load_pretrained
 
 
 def parse_dtype(name: str | None, field: str = "teacher_dtype") -> torch.dtype | None:
@@ -25,10 +26,24 @@ def parse_dtype(name: str | None, field: str = "teacher_dtype") -> torch.dtype |
     return dtype
 
 
-def teacher_load_kwargs(args: Any, **extra: Any) -> dict[str, Any]:
+def teacher_load_kwargs(args: Any, trust_remote_code: bool | None = None, **extra: Any) -> dict[str, Any]:
     """`from_pretrained` keyword arguments for a teacher: the user's, and eager attention when a term reads
-    attention maps (SDPA returns none)."""
-    kwargs = {**extra, **(args.teacher_model_init_kwargs or {})}
+    attention maps (SDPA returns none).
+
+    Running a checkpoint's own code is never switched on in passing: `teacher_model_init_kwargs` may
+    set `trust_remote_code` only to the boolean True, and only where the caller's explicit flag
+    (`trust_remote_code`, the recipes' `--trust_remote_code`) is not False.
+    """
+    user = dict(args.teacher_model_init_kwargs or {})
+    asked = user.get("trust_remote_code", False)
+    if asked is not False and (asked is not True or trust_remote_code is False):
+        raise DistillationSetupError(
+            f"teacher_model_init_kwargs sets trust_remote_code={asked!r}, which runs code from the checkpoint: "
+            "state it with the explicit flag (--trust_remote_code), or as the boolean true in Python."
+        )
+    kwargs = {**extra, **user}
+    if trust_remote_code is not None:
+        kwargs.setdefault("trust_remote_code", trust_remote_code)
     if args.needs_output("attentions"):
         kwargs.setdefault("attn_implementation", "eager")
     return kwargs
@@ -54,11 +69,33 @@ def load_teacher(teacher: nn.Module | str, student: nn.Module, args: Any) -> nn.
     auto_class = TASK_AUTO_CLASSES[task][1] if task else AutoModel
     kwargs = teacher_load_kwargs(args)
     try:
-        return load_pretrained(auto_class, teacher, **kwargs)
+        return load_trained_teacher(auto_class, teacher, **kwargs)
     except OSError as error:
         raise DistillationSetupError(
             f"cannot load teacher {teacher!r} with {auto_class.__name__}: {error}".splitlines()[0]
         ) from error
+
+
+def load_trained_teacher(auto_class: Any, path: str, **kwargs: Any) -> nn.Module:
+    """Load a teacher checkpoint, refusing one whose task head is not in it: transformers only warns
+    and initialises the head at random, and such a teacher passes every other check.
+
+    An adapter folder is loaded as is: its task head may live in the adapter (`modules_to_save`).
+    """
+    if os.path.isdir(path) and is_adapter_folder(path):
+        return load_pretrained(auto_class, path, **kwargs)
+    model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    if model.base_model is model:  # a bare encoder (AutoModel): no head to check, a missing pooler is usual
+        return model
+    base = f"{model.base_model_prefix}."
+    fresh = sorted(key for key in (*info["missing_keys"], *(m[0] for m in info["mismatched_keys"]))
+                   if not key.startswith(base))
+    if fresh:
+        raise DistillationSetupError(
+            f"teacher {path} has no trained {class_name(model)} head ({', '.join(fresh[:3])} newly initialised): "
+            "fine-tune the teacher on the task first (hfkd finetune), then distill from that checkpoint."
+        )
+    return model
 
 
 def check_teacher_student_compatibility(

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hfkd.config import DistillationConfig
-from hfkd.models import forward_arg_names, is_causal_lm, require_attentions, task_of
+from hfkd.models import check_sequence_length, forward_arg_names, is_causal_lm, require_attentions, task_of
 from hfkd.objective.objective import Objective
 from hfkd.objective.projections import WidthProjections
 from hfkd.objective.schedules import DistillationSchedule
@@ -83,6 +83,9 @@ class DistillationTrainer(DistillationTrainerBase):
                 "merge_adapter_on_save=True but the student has no adapter: pass peft_config=... (or a "
                 "PeftModel student), or unset merge_adapter_on_save."
             )
+        longest = _longest_input(train_dataset)
+        if longest is not None:
+            check_sequence_length(longest, "the longest train_dataset input_ids", model, *self.teachers_side.models)
         self.objective = Objective(args, model, self.teachers_side.first, is_causal_lm(model))
         self._check_teacher_sources(sources, train_dataset, args)
         self.dataset_names = list(dataset_names or [])
@@ -332,6 +335,16 @@ class DistillationTrainer(DistillationTrainerBase):
 
 def _objective_text(weights: dict[str, float]) -> str:
     return " + ".join(f"{w}·{t.upper()}" for t, w in weights.items() if w > 0)
+
+
+def _longest_input(dataset: Any) -> int | None:
+    """Longest `input_ids` row of an Arrow-backed dataset, read from its offsets (no decoding); None otherwise."""
+    table = getattr(dataset, "data", None)
+    if table is None or "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    import pyarrow.compute as pc
+
+    return pc.max(pc.list_value_length(table.column("input_ids"))).as_py()
 
 
 def _check_arguments(model: Any, args: Any) -> None:

@@ -1,6 +1,6 @@
 """The private `transformers.Trainer` methods hfkd overrides, and nothing else, in one place.
 
-transformers offers no public hook for these four needs, so each override only forwards to a
+transformers offers no public hook for these needs, so each override only forwards to a
 public hook of hfkd's trainers. `tests/trainers/test_trainer_internals.py` pins the transformers behaviour
 each one relies on (the method exists with this signature and is called where we expect), so an
 upgrade that changes it fails there first, loudly:
@@ -11,16 +11,50 @@ upgrade that changes it fails there first, loudly:
   gathered DeepSpeed/FSDP state dict without the width projections).
 - `_save_checkpoint`: extra files inside each checkpoint folder (the width projections).
 - `_load_from_checkpoint`: restoring them on resume (and the peers from their folders).
+- `push_to_hub` / `_push_from_checkpoint`: every Hub upload leaves out `HUB_IGNORE_PATTERNS` (the
+  pickled `training_args.bin`, which runs code when unpickled), by wrapping the `hf_api()` that
+  `transformers.trainer` calls for `upload_folder`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import transformers.trainer as transformers_trainer
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+
+# Files never uploaded to the Hub: Trainer's pickled arguments, at the top or in a checkpoint folder.
+HUB_IGNORE_PATTERNS = ("training_args.bin", "*/training_args.bin")
+
+
+class _UploadsWithout:
+    """An `HfApi` whose `upload_folder` also ignores `HUB_IGNORE_PATTERNS`; everything else is the api's."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def upload_folder(self, *args: Any, ignore_patterns: Any = None, **kwargs: Any) -> Any:
+        given = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        return self._api.upload_folder(*args, ignore_patterns=[*given, *HUB_IGNORE_PATTERNS], **kwargs)
+
+
+@contextmanager
+def _hub_uploads_without_pickles() -> Iterator[None]:
+    original = transformers_trainer.hf_api
+    transformers_trainer.hf_api = lambda *args, **kwargs: _UploadsWithout(original(*args, **kwargs))
+    try:
+        yield
+    finally:
+        transformers_trainer.hf_api = original
 
 
 class TrainerInternals(Trainer):
@@ -60,3 +94,11 @@ class TrainerInternals(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         self.load_checkpoint_weights(resume_from_checkpoint, model)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        with _hub_uploads_without_pickles():
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with _hub_uploads_without_pickles():
+            super()._push_from_checkpoint(checkpoint_folder)

@@ -244,6 +244,39 @@ def test_float_labels_mean_regression(tmp_path, tokenizer):
     assert labels == [] and processed["train"]["labels"] == pytest.approx([0.5, 4.2])
 
 
+def test_whole_float_labels_are_class_ids_for_a_classifier(tmp_path, tokenizer):
+    # 0.0/1.0 in a file, with a default-named two-class teacher: classification, not regression.
+    train = write(tmp_path / "train.csv", "sentence,label\ngood,1.0\nbad,0.0\ngreat,1.0\n")
+    data_args = args(train_file=train)
+    processed, labels = prepare_classification_datasets(load_raw_datasets(data_args), tokenizer, data_args,
+                                                        num_classes=2)
+    assert labels == ["0", "1"] and processed["train"]["labels"] == [1, 0, 1]
+    _, regression = prepare_classification_datasets(load_raw_datasets(data_args), tokenizer, data_args, num_classes=1)
+    assert regression == []
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("sentence,label\ngood,pos\nbad,\n", "row 2 of the train split has an empty 'label' label"),
+        ("sentence,label\ngood,pos\n,neg\n", "row 2 of the train split has an empty 'sentence' text"),
+        ("sentence,label\ngood,pos\n  ,neg\n", "row 2 of the train split has an empty 'sentence' text"),
+        ("sentence,label\n1,pos\n2,neg\n", "text column 'sentence' of the train split holds int64 values"),
+    ],
+)
+def test_empty_cells_and_numeric_text_are_refused_with_the_row(tmp_path, tokenizer, text, message):
+    data_args = args(train_file=write(tmp_path / "train.csv", text))
+    with pytest.raises(DataError, match=message):
+        prepare_classification_datasets(load_raw_datasets(data_args), tokenizer, data_args)
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("sentence,label\ngood,pos\ncaf\u00e9,neg\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"train.csv is not UTF-8 \(line 3, byte 4: b'\\xe9'\)"):
+        load_raw_datasets(args(train_file=str(path)))
+
+
 def test_sentence_pairs_are_auto_detected(tmp_path, tokenizer):
     train = write(tmp_path / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tjohn works\tmary lives\tentailment\n")
     data_args = args(train_file=train)

@@ -7,7 +7,14 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+)
 
 from conftest import LABELS, REPO_ROOT, TOKENIZER_DIR, make_text_classification_workspace
 from hfkd.app.cli import main as cli_main
@@ -103,6 +110,14 @@ def bad_inputs(workspace):
     for name, model in variants.items():
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
+    # Same size, other vocabulary: two tokens swap ids.
+    words = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    words[1000], words[1001] = words[1001], words[1000]
+    BertForSequenceClassification(BertConfig(**config)).save_pretrained(root / "student_swapped")
+    (root / "swapped_vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "swapped_vocab.txt")).save_pretrained(root / "student_swapped")
+    BertModel(BertConfig(**config)).save_pretrained(root / "bare")  # an encoder without a classifier
+    tokenizer.save_pretrained(root / "bare")
     (root / "empty.csv").write_text("text,label\n")
     (root / "outside.csv").write_text("text,label\nwhat is it,abbr\nwhere is it,planet\n")
     (root / "previous" / "checkpoint-3").mkdir(parents=True, exist_ok=True)
@@ -132,6 +147,10 @@ def bad_inputs(workspace):
         (["--validation_file", "BAD/outside.csv"], "planet"),
         (["--teacher_cache_dir", "BAD/cache", "--max_seq_length", "24"], "teacher cache"),
         (["--use_peft"], "use_peft with a student built from the teacher"),
+        (["--student_model_name_or_path", "BAD/student_swapped"], "tokenizers differ in"),
+        (["--teacher_model_name_or_path", "BAD/bare"], "no trained BertForSequenceClassification head"),
+        (["--teacher_dtype", "bf16"], "teacher_dtype='bf16' is not a torch floating dtype"),
+        (["--teacher_model_init_kwargs", '{"trust_remote_code": true}'], "--trust_remote_code"),
     ],
 )
 def test_recipe_bad_input_is_one_line_exit_2(workspace, bad_inputs, tmp_path, extra, message):
@@ -142,6 +161,59 @@ def test_recipe_bad_input_is_one_line_exit_2(workspace, bad_inputs, tmp_path, ex
     assert result.returncode == 2, result.stderr[-1500:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hfkd: error:") and message in last and "Traceback" not in result.stderr, last
+
+
+def test_every_hfkd_setup_error_is_one_line_and_debug_keeps_the_traceback(workspace, tmp_path, capsys):
+    from hfkd.models import HfkdError
+
+    class Refused(HfkdError):  # not a ValueError: still a setup error hfkd raised
+        pass
+
+    def run(*_):
+        raise Refused("this setup is refused: fix it")
+
+    argv = ["--train_file", str(workspace / "train.csv"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exited:
+        main(run, argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("hfkd: error: this setup is refused: fix it (rerun with --debug")
+    with pytest.raises(Refused):
+        main(run, [*argv, "--debug"])
+
+
+def test_whole_float_labels_with_a_default_named_teacher_train_as_classes(workspace, tmp_path):
+    # 0.0/1.0 labels and a two-class teacher with LABEL_0/LABEL_1: classification, not a CE crash.
+    rows = ["text,label"] + [f"{'good' if i % 2 else 'bad'} movie {i},{float(i % 2)}" for i in range(16)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    main(run_distillation, ["--teacher_model_name_or_path", str(workspace / "base"), "--student_num_layers", "1",
+                            *common(workspace, "unused"), "--train_file", str(tmp_path / "train.csv"),
+                            "--validation_file", str(tmp_path / "train.csv"), "--output_dir", str(tmp_path / "out"),
+                            "--max_steps", "1"])
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert student.config.num_labels == 2 and student.config.id2label == {0: "0", 1: "1"}
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(workspace, tmp_path, caplog):
+    """GPT-2 style: no pad token. The recipe pads with eos and tells the model, logged once."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast, TrainingArguments
+
+    words = sorted({w for line in (workspace / "train.csv").read_text().splitlines()[1:] for w in line.replace(",", " ").split()})
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<unk>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>")
+    assert tokenizer.pad_token is None
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                                             bos_token_id=0, eos_token_id=0)).save_pretrained(tmp_path / "gpt")
+    tokenizer.save_pretrained(tmp_path / "gpt")
+    with caplog.at_level("INFO", logger="hfkd"):
+        main(run_finetune, ["--model_name_or_path", str(tmp_path / "gpt"), "--ignore_mismatched_sizes",
+                            *common(workspace, "unused"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1"],
+             config_class=TrainingArguments)
+    assert sum("no pad token" in r.getMessage() for r in caplog.records) == 1
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").pad_token == "<|endoftext|>"
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").config.pad_token_id == 0
 
 
 WIKITEXT = REPO_ROOT.parent / "shared" / "data" / "wikitext2" / "valid.txt"

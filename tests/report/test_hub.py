@@ -1,10 +1,9 @@
 """Model card on save, and what push_to_hub would upload (stubbed at the huggingface_hub client)."""
 
-import fnmatch
-import os
 
 import yaml
 from huggingface_hub import HfApi
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS
 
 from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.metrics import build_compute_metrics
@@ -44,17 +43,17 @@ def test_save_model_writes_a_model_card_with_settings(tmp_path, tiny_dataset):
 def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monkeypatch):
     uploads = []
 
-    def fake_upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
-        files = []
-        for root, _, names in os.walk(folder_path):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), folder_path)
-                if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p)
-                           for p in ignore_patterns):
-                    files.append(rel)
-        uploads.append((repo_id, sorted(files)))
+    def fake_upload_folder(self, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None,
+                           ignore_patterns=None, **kwargs):
+        # huggingface_hub's own listing and filtering, as upload_folder does it; only the commit is left out.
+        ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        operations = self._prepare_upload_folder_additions(
+            folder_path, path_in_repo or "", allow_patterns=allow_patterns,
+            ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS)
+        uploads.append((repo_id, sorted(op.path_in_repo for op in operations)))
 
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, content, **kw: None)  # a Hub call
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": repo_id})())
     monkeypatch.setenv("HF_TOKEN", "hf_dummy")
     trainer = make_trainer(tmp_path, tiny_dataset, hub_model_id="me/tiny-student")
@@ -64,6 +63,9 @@ def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monk
     assert repo_id == "me/tiny-student"
     assert "model.safetensors" in files and "config.json" in files and "README.md" in files
     assert not any("projection" in f or "checkpoint-" in f or "teacher" in f for f in files), files
+    assert (tmp_path / "out" / "training_args.bin").is_file() and "training_args.bin" not in files  # a pickle
+    trainer._push_from_checkpoint(str(tmp_path / "out" / "checkpoint-4"))  # the pushes during training
+    assert "config.json" in uploads[-1][1] and "training_args.bin" not in uploads[-1][1]
     from safetensors.torch import load_file
 
     keys = load_file(tmp_path / "out" / "model.safetensors")

@@ -242,6 +242,24 @@ def test_refuses_task_head_mismatch(tmp_path):
         DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
 
 
+def test_refuses_kl_on_a_single_output_regression(tmp_path):
+    # softmax over one logit is 1: KL/CE/JSD would be 0 whatever the models do.
+    teacher = BertForSequenceClassification(bert_config(labels=1))
+    student = BertForSequenceClassification(bert_config(layers=2, labels=1))
+    with pytest.raises(DistillationSetupError, match="kd_loss='kl'.*use kd_loss='mse'"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
+    DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, kd_loss="mse"))
+
+
+def test_refuses_train_sequences_longer_than_the_position_table(tmp_path, tiny_pair):
+    teacher, student = tiny_pair  # max_position_embeddings=64
+    too_long = seq_cls_dataset(n=4, length=65)
+    with pytest.raises(DistillationSetupError, match="longest train_dataset input_ids=65 exceeds"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=too_long)
+    DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path),
+                        train_dataset=seq_cls_dataset(n=4, length=64))
+
+
 def test_refuses_impossible_layer_map(tmp_path, tiny_pair):
     teacher, student = tiny_pair
     with pytest.raises(ValueError, match="out of range"):

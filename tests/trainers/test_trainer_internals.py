@@ -23,12 +23,19 @@ def test_the_private_methods_overridden_exist_with_the_signatures_used():
         "_save_checkpoint": ["self", "model", "trial"],
         "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
         "_get_output_dir": ["self", "trial"],
+        "_push_from_checkpoint": ["self", "checkpoint_folder"],
     }
     for name, parameters in expected.items():
         assert list(inspect.signature(getattr(Trainer, name)).parameters) == parameters, name
     # compute_loss normalises itself: Trainer must honour this class attribute and pass the item count.
     assert "loss_is_scaled_for_ga" in vars(Trainer)
     assert "num_items_in_batch" in inspect.signature(Trainer.compute_loss).parameters
+    # Hub uploads: both pushes call the module's hf_api() (wrapped so that training_args.bin stays home).
+    import transformers.trainer
+
+    for push in (Trainer.push_to_hub, Trainer._push_from_checkpoint):
+        assert "hf_api().upload_folder(" in inspect.getsource(push)
+    assert callable(transformers.trainer.hf_api)
 
 
 class Recording(DistillationTrainer):
