@@ -31,6 +31,9 @@ class Preset:
     notes: str
 
 
+# MiniLM v1/v2: the relation term next to the task loss, nothing else.
+_RELATIONS_ONLY: dict[str, Any] = dict(alpha_relation=1.0, alpha_kd=0.0, alpha_ce=1.0, alpha_hidden=0.0, alpha_attention=0.0)
+
 PRESETS: dict[str, Preset] = {
     "distilbert": Preset(
         paper="Sanh et al. 2019, DistilBERT, a distilled version of BERT (arXiv:1910.01108), §2-3; T and the "
@@ -68,10 +71,7 @@ PRESETS: dict[str, Preset] = {
         paper="Wang et al. 2021, MiniLMv2: Multi-Head Self-Attention Relation Distillation for Compressing "
         "Pretrained Transformers (Findings of ACL 2021, arXiv:2012.15828), §3: Q-Q, K-K, V-V relations of "
         "one teacher layer and the student's last layer.",
-        settings=dict(
-            alpha_relation=1.0, relations="qq,kk,vv", alpha_kd=0.0, alpha_ce=1.0,
-            alpha_hidden=0.0, alpha_attention=0.0,
-        ),
+        settings={**_RELATIONS_ONLY, "relations": "qq,kk,vv"},
         student="any depth and width: relation heads make widths and head counts free.",
         notes="The paper distills task-agnostically (relations only), then fine-tunes; here the relation "
         "term trains next to the task loss (or use `stages`). It relates the teacher's last layer for "
@@ -82,10 +82,7 @@ PRESETS: dict[str, Preset] = {
         paper="Wang et al. 2020, MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of "
         "Pre-Trained Transformers (NeurIPS 2020, arXiv:2002.10957), §3: last-layer attention distributions "
         "(Q-K) and value relation (V-V), KL.",
-        settings=dict(
-            alpha_relation=1.0, relations="qk,vv", alpha_kd=0.0, alpha_ce=1.0,
-            alpha_hidden=0.0, alpha_attention=0.0,
-        ),
+        settings={**_RELATIONS_ONLY, "relations": "qk,vv"},
         student="the teacher's number of attention heads (relation_heads = attention heads).",
         notes="As for minilm: distilled next to the task loss rather than before fine-tuning.",
     ),

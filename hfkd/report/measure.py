@@ -104,30 +104,9 @@ def evaluate_model(
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
 
 
-def measure_latency(
-    model: nn.Module,
-    inputs: Any,
-    data_collator: Collator | None = None,
-    *,
-    batch_sizes: Sequence[int] = (1, 32),
-    warmup: int = 3,
-    repeats: int = 20,
-    best_of: int = 3,
-    max_length: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Latency of one model; see `measure_latencies` (which to prefer when comparing models)."""
-    return measure_latencies(
-        {"model": model},
-        inputs,
-        data_collator,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        repeats=repeats,
-        best_of=best_of,
-        max_length=max_length,
-        seed=seed,
-    )["model"]
+def measure_latency(model: nn.Module, inputs: Any, data_collator: Collator | None = None, **settings: Any) -> dict[str, Any]:
+    """Latency of one model; `settings` and the method as in `measure_latencies` (prefer it to compare models)."""
+    return measure_latencies({"model": model}, inputs, data_collator, **settings)["model"]
 
 
 def measure_latencies(
