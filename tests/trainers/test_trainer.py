@@ -114,18 +114,25 @@ def test_gradient_accumulation_is_exact_for_token_tasks(tmp_path):
 
 
 def test_projections_bridge_widths_train_with_own_lr_and_stay_out_of_student(tmp_path, tiny_dataset):
+    """Width projections train in their own optimizer groups at `projection_learning_rate` (checked
+    under a constant schedule, where the rate after training is still the one set: 0.05 for the
+    projections, `learning_rate` for the student), are checkpointed, and are not saved in the student."""
     teacher, student = seq_cls_pair(student_hidden=16)
     args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, projection_learning_rate=0.05,
-                  save_strategy="steps", save_steps=2)
+                  lr_scheduler_type="constant", save_strategy="steps", save_steps=2)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
     assert trainer.layer_pairs == [(1, 2), (2, 4)]
     assert set(trainer.projections) == {"1", "2"} and trainer.projections["1"].weight.shape == (32, 16)
     initial = trainer.projections["1"].weight.detach().clone()
     trainer.train()
     assert not torch.equal(initial, trainer.projections["1"].weight)
-    lrs = {group["lr"] for group in trainer.optimizer.param_groups if any(
-        p is trainer.projections["1"].weight for p in group["params"])}
-    assert lrs and all(lr <= 0.05 for lr in lrs)  # scheduled from 0.05, not from learning_rate
+    projection_ids = {id(p) for p in trainer.projections.parameters()}
+    groups = [g for g in trainer.optimizer.param_groups if g["params"]]
+    kinds = [{id(p) in projection_ids for p in g["params"]} for g in groups]
+    assert all(len(kind) == 1 for kind in kinds)  # no group mixes projections and student weights
+    projection_lrs = {g["lr"] for g, kind in zip(groups, kinds) if kind == {True}}
+    student_lrs = {g["lr"] for g, kind in zip(groups, kinds) if kind == {False}}
+    assert projection_lrs == {0.05} and student_lrs == {1e-3}
     checkpoint = tmp_path / "run" / "checkpoint-4"
     saved = load_file(checkpoint / PROJECTIONS_NAME)
     torch.testing.assert_close(saved["1.weight"], trainer.projections["1"].weight.detach())
