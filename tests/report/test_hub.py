@@ -1,10 +1,11 @@
 """Model card on save, and what push_to_hub would upload (stubbed at the huggingface_hub client)."""
 
-import fnmatch
-import os
+from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi
+from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+from huggingface_hub.utils import filter_repo_objects
 
 from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.metrics import build_compute_metrics
@@ -16,8 +17,12 @@ def front_matter(text):
     return yaml.safe_load(text.split("---\n")[1])
 
 
+TEACHER_ID = "me/tiny-teacher"
+
+
 def make_trainer(tmp_path, dataset, **kw):
     teacher, student = seq_cls_pair(student_hidden=16)
+    teacher.config.name_or_path = TEACHER_ID  # as from_pretrained("me/tiny-teacher") would set it
     args = DistillationConfig(
         output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_steps=4, per_device_train_batch_size=8,
         save_strategy="steps", save_steps=2, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, disable_tqdm=True,
@@ -29,30 +34,34 @@ def make_trainer(tmp_path, dataset, **kw):
 
 
 def test_save_model_writes_a_model_card_with_settings(tmp_path, tiny_dataset):
+    """The card names the teacher as base model, the datasets, the loss and layer map, and the scores."""
     trainer = make_trainer(tmp_path, tiny_dataset)
     trainer.train()
     trainer.save_model()
     text = (tmp_path / "out" / "README.md").read_text()
     meta = front_matter(text)
     assert {"hfkd", "distillation"} <= set(meta["tags"]) and meta["datasets"] == ["sst2"]
-    assert meta["base_model"] == "teacher" or meta["base_model"]
+    assert meta["base_model"] == TEACHER_ID
     assert "0.5·CE + 1.0·KD + 1.0·HIDDEN" in text and "1→2, 2→4" in text and "T=2.0" in text
     results = meta["model-index"][0]["results"][0]
     assert {m["type"] for m in results["metrics"]} >= {"accuracy"}
 
 
 def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monkeypatch):
+    """push_to_hub uploads exactly the clean student, its config, card and training args: the files
+    huggingface_hub's own pattern filter (`filter_repo_objects`, with the patterns Trainer passes and
+    upload_folder's defaults) keeps from the output folder, which also holds checkpoints with the
+    projections. Only the network is stubbed: the file listing and filtering are upload_folder's."""
     uploads = []
 
-    def fake_upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
-        files = []
-        for root, _, names in os.walk(folder_path):
-            for name in names:
-                rel = os.path.relpath(os.path.join(root, name), folder_path)
-                if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p)
-                           for p in ignore_patterns):
-                    files.append(rel)
-        uploads.append((repo_id, sorted(files)))
+    def fake_upload_folder(self, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
+        # What HfApi.upload_folder does before committing: every file under the folder, as a posix
+        # path relative to it, filtered by the hub's own matcher with its default ignores added.
+        ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        present = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).glob("**/*") if p.is_file())
+        kept = filter_repo_objects(present, allow_patterns=allow_patterns,
+                                   ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS)
+        uploads.append((repo_id, present, sorted(kept)))
 
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": repo_id})())
@@ -60,10 +69,12 @@ def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monk
     trainer = make_trainer(tmp_path, tiny_dataset, hub_model_id="me/tiny-student")
     trainer.train()
     trainer.push_to_hub(blocking=True)
-    repo_id, files = uploads[-1]
+    repo_id, present, files = uploads[-1]
     assert repo_id == "me/tiny-student"
-    assert "model.safetensors" in files and "config.json" in files and "README.md" in files
-    assert not any("projection" in f or "checkpoint-" in f or "teacher" in f for f in files), files
+    # The folder does hold what must not go up (else the filter below proves nothing) ...
+    assert any(f.startswith("checkpoint-4/") and f.endswith("hfkd_projections.safetensors") for f in present)
+    # ... and exactly the clean student goes up.
+    assert files == ["README.md", "config.json", "model.safetensors", "training_args.bin"], files
     from safetensors.torch import load_file
 
     keys = load_file(tmp_path / "out" / "model.safetensors")
