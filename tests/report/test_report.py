@@ -19,6 +19,7 @@ from transformers import (
     BertForTokenClassification,
 )
 
+from conftest import SHARED_DIR
 import hfkd.report
 from hfkd.report.io import write_report
 from hfkd.report.measure import (
@@ -32,13 +33,14 @@ from hfkd.report.measure import (
 from hfkd.report.metric import distillation_metric
 from hfkd.report.render import markdown_table, report_to_markdown
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = SHARED_DIR / "reference"
 CASES_CSV = REFERENCE / "distillation_metric_cases.csv"
 
 
 def _reference_cases() -> list:
     if not CASES_CSV.is_file():
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason=f"{CASES_CSV} absent"))]
+        return [pytest.param(None, None, marks=pytest.mark.skip(
+            reason=f"reference table {CASES_CSV} absent: set HFKD_SHARED_DIR to the shared folder"))]
     with open(CASES_CSV, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [
