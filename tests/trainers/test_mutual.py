@@ -1,5 +1,5 @@
 """Deep mutual learning: the loss against a hand computation, saving/evaluation layout, and the
-regularisation effect DML is known for on a noisy-label task."""
+peers' agreement the mutual KD term produces (on every seed tried)."""
 
 import copy
 import os
@@ -188,35 +188,41 @@ def noisy_task(n, noise, seed, length=8, labels=3):
     return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * length] * n, "labels": y.tolist()})
 
 
-def held_out(model, data):
+def held_out_log_probs(model, data):
     model.eval()
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor(data["input_ids"])).logits
-    labels = torch.tensor(data["labels"])
-    return (logits.argmax(-1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item()
+        return F.log_softmax(model(input_ids=torch.tensor(data["input_ids"])).logits.double(), -1)
 
 
-def test_mutual_learning_beats_training_alone_on_noisy_labels(tmp_path):
-    """Two 2-layer peers on 40% label noise: each ends better (accuracy and loss on clean held-out
-    labels) than the same initialisation trained alone for the same steps on the same batches.
-    Checked on seeds 0-4 while developing (all peers better in loss, all but one in accuracy at
-    600 steps); seed 4 is fixed here."""
-    seed = 4
-    train, test = noisy_task(512, 0.4, seed), noisy_task(512, 0.0, 1000 + seed)
+def disagreement(log_p, log_q):
+    """Symmetric KL between two models' predictions, averaged over the examples."""
+    return float(((log_p.exp() * (log_p - log_q)).sum(-1) + (log_q.exp() * (log_q - log_p)).sum(-1)).mean() / 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mutual_learning_pulls_peer_predictions_together(tmp_path, seed):
+    """The KD term of deep mutual learning makes the peers agree: on held-out inputs, two peers trained
+    mutually (alpha_kd=1) disagree less (symmetric KL of their predictions) than the same two
+    initialisations trained alone for the same steps on the same batches. Holds on every seed tried
+    (0-4, all run here): at 60 steps the mutual KL is 0.51-0.76 of the alone KL, under the 0.9 asserted;
+    with the KD gradient cut (the peers' own logits detached) it is 0.94 on seed 0 and the test fails.
+
+    Whether mutual learning also ends *more accurate* than training alone (on 40% label noise) is true
+    on most seeds, not all: a benchmark question (BENCHMARKS.md compares the methods), not asserted here."""
+    train, test = noisy_task(256, 0.4, seed), noisy_task(256, 0.0, 1000 + seed)
     torch.manual_seed(seed)
     mutual = [BertForSequenceClassification(bert_config(layers=2)) for _ in range(2)]
     alone = [copy.deepcopy(m) for m in mutual]
     common = dict(output_dir=str(tmp_path / "o"), report_to=[], use_cpu=True, per_device_train_batch_size=32,
-                  max_steps=600, learning_rate=1e-3, save_strategy="no", seed=seed, disable_tqdm=True,
+                  max_steps=60, learning_rate=1e-3, save_strategy="no", seed=seed, disable_tqdm=True,
                   logging_steps=1000)
     MutualDistillationTrainer(peers=mutual, args=MutualDistillationConfig(
         **common, alpha_ce=1.0, alpha_kd=1.0, temperature=1.0), train_dataset=train).train()
     for model in alone:
         Trainer(model=model, args=TrainingArguments(**common), train_dataset=train).train()
-    for i, (peer, single) in enumerate(zip(mutual, alone)):
-        (acc_mutual, loss_mutual), (acc_alone, loss_alone) = held_out(peer, test), held_out(single, test)
-        assert acc_mutual > acc_alone, f"peer {i}: accuracy {acc_mutual} (mutual) vs {acc_alone} (alone)"
-        assert loss_mutual < loss_alone, f"peer {i}: loss {loss_mutual} (mutual) vs {loss_alone} (alone)"
+    kl_mutual = disagreement(*(held_out_log_probs(m, test) for m in mutual))
+    kl_alone = disagreement(*(held_out_log_probs(m, test) for m in alone))
+    assert kl_mutual < 0.9 * kl_alone, f"seed {seed}: peer KL {kl_mutual:.4g} (mutual) vs {kl_alone:.4g} (alone)"
 
 
 def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):

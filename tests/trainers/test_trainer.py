@@ -1,5 +1,6 @@
 """DistillationTrainer: the loss it computes, what it trains, saves and restores, and what it refuses."""
 
+import copy
 import os
 
 import pytest
@@ -114,18 +115,25 @@ def test_gradient_accumulation_is_exact_for_token_tasks(tmp_path):
 
 
 def test_projections_bridge_widths_train_with_own_lr_and_stay_out_of_student(tmp_path, tiny_dataset):
+    """Width projections train in their own optimizer groups at `projection_learning_rate` (checked
+    under a constant schedule, where the rate after training is still the one set: 0.05 for the
+    projections, `learning_rate` for the student), are checkpointed, and are not saved in the student."""
     teacher, student = seq_cls_pair(student_hidden=16)
     args = config(tmp_path, alpha_hidden=1.0, alpha_kd=1.0, projection_learning_rate=0.05,
-                  save_strategy="steps", save_steps=2)
+                  lr_scheduler_type="constant", save_strategy="steps", save_steps=2)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=tiny_dataset)
     assert trainer.layer_pairs == [(1, 2), (2, 4)]
     assert set(trainer.projections) == {"1", "2"} and trainer.projections["1"].weight.shape == (32, 16)
     initial = trainer.projections["1"].weight.detach().clone()
     trainer.train()
     assert not torch.equal(initial, trainer.projections["1"].weight)
-    lrs = {group["lr"] for group in trainer.optimizer.param_groups if any(
-        p is trainer.projections["1"].weight for p in group["params"])}
-    assert lrs and all(lr <= 0.05 for lr in lrs)  # scheduled from 0.05, not from learning_rate
+    projection_ids = {id(p) for p in trainer.projections.parameters()}
+    groups = [g for g in trainer.optimizer.param_groups if g["params"]]
+    kinds = [{id(p) in projection_ids for p in g["params"]} for g in groups]
+    assert all(len(kind) == 1 for kind in kinds)  # no group mixes projections and student weights
+    projection_lrs = {g["lr"] for g, kind in zip(groups, kinds) if kind == {True}}
+    student_lrs = {g["lr"] for g, kind in zip(groups, kinds) if kind == {False}}
+    assert projection_lrs == {0.05} and student_lrs == {1e-3}
     checkpoint = tmp_path / "run" / "checkpoint-4"
     saved = load_file(checkpoint / PROJECTIONS_NAME)
     torch.testing.assert_close(saved["1.weight"], trainer.projections["1"].weight.detach())
@@ -166,15 +174,38 @@ def test_teacher_from_path_and_evaluation_on_student_alone(tmp_path, tiny_pair, 
     assert metrics["eval_loss"] == pytest.approx(own_loss.item(), rel=1e-9)
 
 
-def test_ce_only_needs_no_teacher(tmp_path, tiny_pair, tiny_dataset):
+def test_ce_only_needs_no_teacher_and_trains_like_plain_finetuning(tmp_path, tiny_pair, tiny_dataset):
+    """With only alpha_ce no teacher is needed, only ce_loss is logged, and the run is plain fine-tuning:
+    the same loss at every step and the same weights at the end as a stock Trainer from the same start
+    (float64 models: only hfkd's float32 loss arithmetic differs; a 0.1% mis-weighted or mis-normalised
+    CE, or a stray term, changes the logged loss by ~1e-3)."""
     _, student = tiny_pair
+    student.double()
+    plain = copy.deepcopy(student)
     args = config(tmp_path, alpha_kd=0.0, alpha_ce=1.0)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=tiny_dataset)
     assert trainer.teacher is None
     trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 4 and all({k for k in h if k.endswith("_loss")} == {"ce_loss"} for h in logged)
+    stock = Trainer(model=plain, args=TrainingArguments(**{k: getattr(args, k) for k in (
+        "output_dir", "report_to", "use_cpu", "per_device_train_batch_size", "max_steps", "learning_rate",
+        "logging_steps", "save_strategy", "seed", "disable_tqdm")}), train_dataset=tiny_dataset)
+    stock.train()
+    stock_losses = [h["loss"] for h in stock.state.log_history if "loss" in h]
+    # Per step the same float64 logits; hfkd's CE arithmetic is float32 (~1e-7 relative of losses ~1).
+    assert [h["loss"] for h in logged] == pytest.approx(stock_losses, abs=1e-5)
+    assert [h["ce_loss"] for h in logged] == pytest.approx(stock_losses, abs=1e-5)
+    start = seq_cls_pair()[1].state_dict()
+    assert any(not torch.equal(p.double(), q) for p, q in zip(start.values(), student.state_dict().values()))
+    # The float32 loss arithmetic's rounding, through Adam, moves weights by ~1e-7 (tests/tolerance.py, rule 3).
+    moved = max((p - q).abs().max().item() for p, q in zip(student.state_dict().values(), plain.state_dict().values()))
+    assert moved < 1e-5, moved
 
 
 def test_distilbert_student_from_bert_teacher_gets_only_its_inputs(tmp_path, tiny_dataset):
+    """A DistilBERT student distilled from a BERT teacher on data with token_type_ids: every student
+    forward gets only the inputs it takes."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     teacher, _ = seq_cls_pair()
@@ -184,7 +215,18 @@ def test_distilbert_student_from_bert_teacher_gets_only_its_inputs(tmp_path, tin
     )
     data = tiny_dataset.add_column("token_type_ids", [[0] * 12] * len(tiny_dataset))
     args = config(tmp_path, alpha_kd=1.0, alpha_ce=1.0, alpha_hidden=1.0)
-    DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data).train()
+    received = {"student": set(), "teacher": set()}
+    for name, model in (("student", student), ("teacher", teacher)):
+        model.register_forward_pre_hook(
+            lambda module, a, kw, name=name: received[name].update(k for k, v in kw.items() if v is not None),
+            with_kwargs=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    trainer.train()
+    # DistilBERT takes no token_type_ids: the data's column never reaches the student's forward (which
+    # would raise on it); both models get the inputs they share.
+    assert "token_type_ids" not in received["student"] and {"input_ids", "attention_mask"} <= received["student"]
+    assert {"input_ids", "attention_mask"} <= received["teacher"]
+    assert trainer.state.global_step == 4
 
 
 # ------------------------------------------------------------------ bad input

