@@ -11,8 +11,8 @@ from hfkd.objective.terms import TERMS, unregister_term
 
 
 def readme_block(heading: str) -> str:
-    """The first ```python block after `heading` in README.md."""
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    """The first ```python block after `heading` in docs/own-loss-term.md."""
+    text = (REPO_ROOT / "docs" / "own-loss-term.md").read_text(encoding="utf-8")
     section = text[text.index(heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -22,7 +22,7 @@ def test_the_own_loss_term_example_trains_and_logs_the_term(tmp_path, monkeypatc
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            exec(compile(readme_block("### Your own loss term"), "README.md", "exec"), {"__name__": "readme"})
+            exec(compile(readme_block("# Writing your own loss term"), "docs/own-loss-term.md", "exec"), {"__name__": "readme"})
     finally:
         if "margin" in TERMS:
             unregister_term("margin")

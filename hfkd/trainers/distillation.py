@@ -55,7 +55,8 @@ class DistillationTrainer(DistillationTrainerBase):
         peft_config: a `peft.PeftConfig` (e.g. `LoraConfig`): train an adapter on the student
             instead of all its weights (`hfkd.adapters`).
         dataset_names: datasets named in the model card (the first is the evaluation set).
-        Every other argument is `transformers.Trainer`'s.
+
+    Every other argument is `transformers.Trainer`'s.
     """
 
     def __init__(

@@ -151,7 +151,8 @@ class MutualDistillationTrainer(DistillationTrainerBase):
     Args:
         peers: two or more models with the same task head and label set (sizes may differ).
         args: a `MutualDistillationConfig` (or `DistillationConfig`: every peer gets kd weight 1).
-        Every other argument is `transformers.Trainer`'s; `model` is not accepted (give `peers`).
+
+    Every other argument is `transformers.Trainer`'s; `model` is not accepted (give `peers`).
     """
 
     def __init__(
