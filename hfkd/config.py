@@ -27,6 +27,12 @@ from hfkd.objective.stages import loss_weights_at, parse_stages, stage_unit, tot
 from hfkd.objective.terms import TERMS, check_weights
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "pkd_skip", "last", "skip")
+
+
+def option(default: Any, help: str) -> Any:
+    """A documented dataclass field: HfArgumentParser turns it into a `--flag` with this help."""
+    return field(default=default, metadata={"help": help})
+
 PROJECTION_INITS = ("xavier", "normal", "identity")
 
 
@@ -47,247 +53,182 @@ class DistillationConfig(TrainingArguments):
     embedding output have no attention map and only enter the hidden-state loss.
     """
 
-    temperature: float = field(
-        default=2.0, metadata={"help": "Softmax temperature T for the KD term (> 0)."}
+    temperature: float = option(2.0, "Softmax temperature T for the KD term (> 0).")
+    alpha_kd: float = option(0.5, "Weight of the soft-logit KD term.")
+    alpha_ce: float = option(0.5, "Weight of the student's task loss on the hard labels.")
+    alpha_hidden: float = option(0.0, "Weight of the hidden-state term over the mapped layers.")
+    alpha_attention: float = option(
+        0.0,
+        "Weight of the attention term: post-softmax attention probabilities "
+        "(`output_attentions`), which needs eager attention; hfkd switches both models to it.",
     )
-    alpha_kd: float = field(default=0.5, metadata={"help": "Weight of the soft-logit KD term."})
-    alpha_ce: float = field(
-        default=0.5, metadata={"help": "Weight of the student's task loss on the hard labels."}
+    alpha_relation: float = option(
+        0.0,
+        "Weight of the self-attention relation term (MiniLM/MiniLMv2): KL between the "
+        "teacher's and student's softmax(X·Y^T/sqrt(d)) relations of Q/K/V (see `relations`).",
     )
-    alpha_hidden: float = field(
-        default=0.0, metadata={"help": "Weight of the hidden-state term over the mapped layers."}
+    term_weights: dict | str | None = option(
+        None,
+        "Weights of terms registered with hfkd.register_term (dict or JSON string), e.g. "
+        '{"margin": 0.5}; stages and loss_weights_end name them as alpha_<name>.',
     )
-    alpha_attention: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the attention term: post-softmax attention probabilities "
-            "(`output_attentions`), which needs eager attention; hfkd switches both models to it."
-        },
+    kd_loss: str = option(
+        "kl",
+        f"KD loss on logits, one of {sorted(KD_LOSSES)}. `kl` is Hinton's "
+        "KL(softmax(t/T) || softmax(s/T)) * T**2.",
     )
-    alpha_relation: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the self-attention relation term (MiniLM/MiniLMv2): KL between the "
-            "teacher's and student's softmax(X·Y^T/sqrt(d)) relations of Q/K/V (see `relations`)."
-        },
+    kd_scale_by_t2: bool = option(True, "Multiply distribution-based KD losses by T**2 (Hinton et al.).")
+    jsd_beta: float = option(
+        0.5,
+        "Mixture weight of the generalized JSD: M = beta*p_teacher + (1-beta)*p_student; "
+        "0 is forward KL, 1 is reverse KL.",
     )
-    term_weights: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Weights of terms registered with hfkd.register_term (dict or JSON string), e.g. "
-            '{"margin": 0.5}; stages and loss_weights_end name them as alpha_<name>.'
-        },
+    hidden_loss: str = option("mse", f"Hidden-state loss, one of {sorted(HIDDEN_LOSSES)}.")
+    attention_loss: str = option("mse", f"Attention loss, one of {sorted(ATTENTION_LOSSES)}.")
+    relations: str = option(
+        "qq,kk,vv",
+        "Relations of the relation term, comma-separated pairs of q, k, v: 'qq,kk,vv' is "
+        "MiniLMv2, 'qk,vv' is MiniLM (attention distributions and value relation).",
     )
-    kd_loss: str = field(
-        default="kl",
-        metadata={
-            "help": f"KD loss on logits, one of {sorted(KD_LOSSES)}. `kl` is Hinton's "
-            "KL(softmax(t/T) || softmax(s/T)) * T**2."
-        },
+    relation_heads: int | None = option(
+        None,
+        "Relation heads, the same for both models so widths may differ; must divide every "
+        "related q/k/v width. Default: the teacher's attention heads.",
     )
-    kd_scale_by_t2: bool = field(
-        default=True,
-        metadata={"help": "Multiply distribution-based KD losses by T**2 (Hinton et al.)."},
+    relation_teacher_layer: int | None = option(
+        None,
+        "Teacher layer (1-based) whose Q/K/V are related. Default: the last; MiniLMv2 "
+        "takes an upper-middle layer of large teachers.",
     )
-    jsd_beta: float = field(
-        default=0.5,
-        metadata={
-            "help": "Mixture weight of the generalized JSD: M = beta*p_teacher + (1-beta)*p_student; "
-            "0 is forward KL, 1 is reverse KL."
-        },
+    relation_student_layer: int | None = option(
+        None,
+        "Student layer (1-based) whose Q/K/V are related. Default: the last.",
     )
-    hidden_loss: str = field(
-        default="mse", metadata={"help": f"Hidden-state loss, one of {sorted(HIDDEN_LOSSES)}."}
+    layer_mapping: str = option(
+        "uniform",
+        "Student↔teacher layer pairs for hidden/attention losses: 'uniform' (TinyBERT: "
+        "student layer i ↔ teacher layer (i+1)*k-1, 0-based, k = teacher/student depth), "
+        "'pkd_skip' (uniform without the last pair, Patient KD), 'last', "
+        "'skip' (the teacher layers the student was copied from), or a JSON list of "
+        "[student, teacher] hidden-state indices (0 = embedding output).",
     )
-    attention_loss: str = field(
-        default="mse", metadata={"help": f"Attention loss, one of {sorted(ATTENTION_LOSSES)}."}
+    hidden_layer_mapping: str | None = option(
+        None,
+        "Layer map of the hidden-state term alone (same forms as layer_mapping; default: layer_mapping).",
     )
-    relations: str = field(
-        default="qq,kk,vv",
-        metadata={
-            "help": "Relations of the relation term, comma-separated pairs of q, k, v: 'qq,kk,vv' is "
-            "MiniLMv2, 'qk,vv' is MiniLM (attention distributions and value relation)."
-        },
+    attention_layer_mapping: str | None = option(
+        None,
+        "Layer map of the attention term alone (same forms as layer_mapping; default: layer_mapping).",
     )
-    relation_heads: int | None = field(
-        default=None,
-        metadata={
-            "help": "Relation heads, the same for both models so widths may differ; must divide every "
-            "related q/k/v width. Default: the teacher's attention heads."
-        },
+    include_embeddings: bool = option(
+        False,
+        "Also match the embedding outputs (hidden-state index 0 of both models).",
     )
-    relation_teacher_layer: int | None = field(
-        default=None,
-        metadata={
-            "help": "Teacher layer (1-based) whose Q/K/V are related. Default: the last; MiniLMv2 "
-            "takes an upper-middle layer of large teachers."
-        },
+    projection_init: str = option(
+        "xavier",
+        f"Initialisation of the student→teacher width projections, one of {PROJECTION_INITS}.",
     )
-    relation_student_layer: int | None = field(
-        default=None, metadata={"help": "Student layer (1-based) whose Q/K/V are related. Default: the last."}
+    projection_learning_rate: float | None = option(
+        None,
+        "Learning rate of the projection parameters (default: learning_rate).",
     )
-    layer_mapping: str = field(
-        default="uniform",
-        metadata={
-            "help": "Student↔teacher layer pairs for hidden/attention losses: 'uniform' (TinyBERT: "
-            "student layer i ↔ teacher layer (i+1)*k-1, 0-based, k = teacher/student depth), "
-            "'pkd_skip' (uniform without the last pair, Patient KD), 'last', "
-            "'skip' (the teacher layers the student was copied from), or a JSON list of "
-            "[student, teacher] hidden-state indices (0 = embedding output)."
-        },
+    teacher_model_init_kwargs: dict | str | None = option(
+        None,
+        "Keyword arguments (dict or JSON string) for `from_pretrained` when the teacher is "
+        "given as a name or path. trust_remote_code here must be the boolean true, and in recipes needs "
+        "the --trust_remote_code flag too.",
     )
-    hidden_layer_mapping: str | None = field(
-        default=None,
-        metadata={"help": "Layer map of the hidden-state term alone (same forms as layer_mapping; default: layer_mapping)."},
+    teacher_dtype: str | None = option(None, "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded.")
+    teacher_quantization: str | None = option(
+        None,
+        "'int8_dynamic': quantize the teacher's linear layers to int8 on the fly (CPU only), a "
+        "cheaper forward pass; its fidelity is measured before training (see teacher_min_agreement).",
     )
-    attention_layer_mapping: str | None = field(
-        default=None,
-        metadata={"help": "Layer map of the attention term alone (same forms as layer_mapping; default: layer_mapping)."},
+    teacher_compile: bool = option(
+        False,
+        "Run the teacher through torch.compile (fidelity measured as for teacher_quantization).",
     )
-    include_embeddings: bool = field(
-        default=False,
-        metadata={"help": "Also match the embedding outputs (hidden-state index 0 of both models)."},
+    teacher_min_agreement: float = option(
+        0.99,
+        "With teacher_dtype, teacher_quantization or teacher_compile set: the fraction of evaluation "
+        "items on which the cheaper teacher's top class must equal the full teacher's, or training is refused.",
     )
-    projection_init: str = field(
-        default="xavier",
-        metadata={
-            "help": f"Initialisation of the student→teacher width projections, one of {PROJECTION_INITS}."
-        },
+    teacher_cache_dir: str | None = option(
+        None,
+        "Folder of the teacher-output cache of the train split: `hfkd cache-teacher` builds it, "
+        "`hfkd distill` trains from it when it exists (the teacher then runs only for hidden/attention "
+        "terms). Not for inputs that change every epoch, such as random MLM masking.",
     )
-    projection_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Learning rate of the projection parameters (default: learning_rate)."},
+    teacher_cache_top_k: int | None = option(
+        None,
+        "Cache only the teacher's k most likely classes per item: their log-probabilities at "
+        "`temperature`, the log of the remaining mass and their ids, instead of all logits (length × vocab "
+        "floats per row for an LM). KD then compares the k+1 buckets (kd_loss kl or ce); k = vocab size "
+        "is exact. The cache is tied to top_k and temperature: changing either needs a rebuild.",
     )
-    teacher_model_init_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Keyword arguments (dict or JSON string) for `from_pretrained` when the teacher is "
-            "given as a name or path. trust_remote_code here must be the boolean true, and in recipes needs "
-            "the --trust_remote_code flag too."
-        },
+    nonfinite_loss: str = option(
+        "raise",
+        "What a NaN/inf loss does: 'raise' stops training naming the step and term (the last "
+        "saved checkpoint is intact); 'skip' drops that optimizer update (gradients zeroed, weights and "
+        "optimizer state untouched, as AMP's GradScaler does) and logs it, up to `max_skipped_updates`.",
     )
-    teacher_dtype: str | None = field(
-        default=None,
-        metadata={"help": "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded."},
+    max_skipped_updates: int = option(
+        10,
+        "With nonfinite_loss='skip': stop (as 'raise' does) once more updates than this are skipped.",
     )
-    teacher_quantization: str | None = field(
-        default=None,
-        metadata={
-            "help": "'int8_dynamic': quantize the teacher's linear layers to int8 on the fly (CPU only), a "
-            "cheaper forward pass; its fidelity is measured before training (see teacher_min_agreement)."
-        },
+    teacher_weights: list[float] | None = option(
+        None,
+        "One weight per teacher when teacher_model is a list (divided by their sum; default "
+        "equal). With cached logits only, their count says how many teachers the cache holds.",
     )
-    teacher_compile: bool = field(
-        default=False, metadata={"help": "Run the teacher through torch.compile (fidelity measured as for teacher_quantization)."}
+    teacher_combination: str = option(
+        "prob_mean",
+        f"How several teachers make one KD target, one of {list(TEACHER_COMBINATIONS)}: "
+        "'prob_mean' = Σ w_i softmax(z_i/T) (the mixture of their distributions), 'logit_mean' = "
+        "Σ w_i z_i. Hidden/attention terms use the first teacher.",
     )
-    teacher_min_agreement: float = field(
-        default=0.99,
-        metadata={
-            "help": "With teacher_dtype, teacher_quantization or teacher_compile set: the fraction of evaluation "
-            "items on which the cheaper teacher's top class must equal the full teacher's, or training is refused."
-        },
+    temperature_schedule: str = option(
+        "constant",
+        f"Temperature over the optimizer steps, one of {list(SCHEDULES)}: from `temperature` "
+        "to `temperature_end` (see hfkd.objective.schedules); logged as `temperature`.",
     )
-    teacher_cache_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder of the teacher-output cache of the train split: `hfkd cache-teacher` builds it, "
-            "`hfkd distill` trains from it when it exists (the teacher then runs only for hidden/attention "
-            "terms). Not for inputs that change every epoch, such as random MLM masking."
-        },
+    temperature_end: float | None = option(
+        None,
+        "Temperature at the end of a linear/cosine temperature_schedule (> 0).",
     )
-    teacher_cache_top_k: int | None = field(
-        default=None,
-        metadata={
-            "help": "Cache only the teacher's k most likely classes per item: their log-probabilities at "
-            "`temperature`, the log of the remaining mass and their ids, instead of all logits (length × vocab "
-            "floats per row for an LM). KD then compares the k+1 buckets (kd_loss kl or ce); k = vocab size "
-            "is exact. The cache is tied to top_k and temperature: changing either needs a rebuild."
-        },
+    loss_weight_schedule: str = option(
+        "constant",
+        f"Loss weights over the optimizer steps, one of {list(SCHEDULES)}: each alpha_* goes "
+        "from its value to its entry in `loss_weights_end`; logged as alpha_*.",
     )
-    nonfinite_loss: str = field(
-        default="raise",
-        metadata={
-            "help": "What a NaN/inf loss does: 'raise' stops training naming the step and term (the last "
-            "saved checkpoint is intact); 'skip' drops that optimizer update (gradients zeroed, weights and "
-            "optimizer state untouched, as AMP's GradScaler does) and logs it, up to `max_skipped_updates`."
-        },
+    loss_weights_end: dict | str | None = option(
+        None,
+        'End values (dict or JSON string) of a linear/cosine loss_weight_schedule, e.g. '
+        '{"alpha_kd": 0.2, "alpha_ce": 0.8}; weights not listed stay constant.',
     )
-    max_skipped_updates: int = field(
-        default=10,
-        metadata={"help": "With nonfinite_loss='skip': stop (as 'raise' does) once more updates than this are skipped."},
+    merge_adapter_on_save: bool = option(
+        False,
+        "With a PEFT student (peft_config), save_model writes the merged plain student instead "
+        "of the adapter (checkpoints keep the adapter, for resuming).",
     )
-    teacher_weights: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "One weight per teacher when teacher_model is a list (divided by their sum; default "
-            "equal). With cached logits only, their count says how many teachers the cache holds."
-        },
+    stages: list | str | None = option(
+        None,
+        "Train in stages (TinyBERT): a list (JSON on the command line) of dicts, each with "
+        "its length (`num_train_epochs` or `max_steps`, one unit for all) and `alpha_*` weights that "
+        "override the top-level ones during it. The run's length is the stages' sum; one learning-rate "
+        "schedule spans it; resuming works across stage boundaries.",
     )
-    teacher_combination: str = field(
-        default="prob_mean",
-        metadata={
-            "help": f"How several teachers make one KD target, one of {list(TEACHER_COMBINATIONS)}: "
-            "'prob_mean' = Σ w_i softmax(z_i/T) (the mixture of their distributions), 'logit_mean' = "
-            "Σ w_i z_i. Hidden/attention terms use the first teacher."
-        },
+    preset: str | None = option(
+        None,
+        f"Published recipe whose distillation settings fill the fields left at their default: "
+        f"{sorted(PRESETS)} (hfkd.objective.presets names each paper).",
     )
-    temperature_schedule: str = field(
-        default="constant",
-        metadata={
-            "help": f"Temperature over the optimizer steps, one of {list(SCHEDULES)}: from `temperature` "
-            "to `temperature_end` (see hfkd.objective.schedules); logged as `temperature`."
-        },
+    report_at_end: bool = option(
+        False,
+        "After training, measure teacher and student (size, score, latency, distillation "
+        "metric) and write report.json/.md/.png to output_dir/report; the model card includes it.",
     )
-    temperature_end: float | None = field(
-        default=None, metadata={"help": "Temperature at the end of a linear/cosine temperature_schedule (> 0)."}
-    )
-    loss_weight_schedule: str = field(
-        default="constant",
-        metadata={
-            "help": f"Loss weights over the optimizer steps, one of {list(SCHEDULES)}: each alpha_* goes "
-            "from its value to its entry in `loss_weights_end`; logged as alpha_*."
-        },
-    )
-    loss_weights_end: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": 'End values (dict or JSON string) of a linear/cosine loss_weight_schedule, e.g. '
-            '{"alpha_kd": 0.2, "alpha_ce": 0.8}; weights not listed stay constant.'
-        },
-    )
-    merge_adapter_on_save: bool = field(
-        default=False,
-        metadata={
-            "help": "With a PEFT student (peft_config), save_model writes the merged plain student instead "
-            "of the adapter (checkpoints keep the adapter, for resuming)."
-        },
-    )
-    stages: list | str | None = field(
-        default=None,
-        metadata={
-            "help": "Train in stages (TinyBERT): a list (JSON on the command line) of dicts, each with "
-            "its length (`num_train_epochs` or `max_steps`, one unit for all) and `alpha_*` weights that "
-            "override the top-level ones during it. The run's length is the stages' sum; one learning-rate "
-            "schedule spans it; resuming works across stage boundaries."
-        },
-    )
-    preset: str | None = field(
-        default=None,
-        metadata={
-            "help": f"Published recipe whose distillation settings fill the fields left at their default: "
-            f"{sorted(PRESETS)} (hfkd.objective.presets names each paper)."
-        },
-    )
-    report_at_end: bool = field(
-        default=False,
-        metadata={
-            "help": "After training, measure teacher and student (size, score, latency, distillation "
-            "metric) and write report.json/.md/.png to output_dir/report; the model card includes it."
-        },
-    )
-    report_alpha: float = field(
-        default=0.5, metadata={"help": "alpha of the distillation metric in the report and model card."}
-    )
+    report_alpha: float = option(0.5, "alpha of the distillation metric in the report and model card.")
 
     def __post_init__(self) -> None:
         if cpu_only_multiprocess():

@@ -9,73 +9,64 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import yaml
 from transformers import HfArgumentParser
 
+from hfkd.config import option
 from hfkd.objective.presets import with_preset
 
 @dataclass
 class ModelArguments:
     """Which models a recipe loads or builds."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Model to fine-tune (finetune recipe)."}
+    model_name_or_path: str | None = option(None, "Model to fine-tune (finetune recipe).")
+    teacher_model_name_or_path: list[str] | None = option(
+        None,
+        "Teacher checkpoint (a fine-tuned model for task distillation), or several (a YAML list, or "
+        "paths after one flag) combined per teacher_weights/teacher_combination. A PEFT adapter folder "
+        "loads merged into its base model.",
     )
-    teacher_model_name_or_path: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Teacher checkpoint (a fine-tuned model for task distillation), or several (a YAML list, or "
-            "paths after one flag) combined per teacher_weights/teacher_combination. A PEFT adapter folder "
-            "loads merged into its base model."
-        },
+    student_model_name_or_path: str | None = option(
+        None,
+        "Student checkpoint; if unset the student is built from the teacher with create_student.",
     )
-    student_model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Student checkpoint; if unset the student is built from the teacher with create_student."},
+    student_num_layers: int | None = option(None, "Depth of a student built from the teacher (layers spread evenly).")
+    student_layer_indices: list[int] | None = option(
+        None,
+        "Teacher layers (0-based) copied into the student, in order.",
     )
-    student_num_layers: int | None = field(
-        default=None, metadata={"help": "Depth of a student built from the teacher (layers spread evenly)."}
+    student_hidden_size: int | None = option(
+        None,
+        "Width of a narrower, randomly initialised student (TinyBERT-style).",
     )
-    student_layer_indices: list[int] | None = field(
-        default=None, metadata={"help": "Teacher layers (0-based) copied into the student, in order."}
+    student_intermediate_size: int | None = option(None, "Feed-forward size of a narrower student.")
+    student_num_attention_heads: int | None = option(None, "Attention heads of a narrower student.")
+    use_peft: bool = option(
+        False,
+        "Distill into a LoRA adapter on the student (lora_* flags) instead of all its weights.",
     )
-    student_hidden_size: int | None = field(
-        default=None, metadata={"help": "Width of a narrower, randomly initialised student (TinyBERT-style)."}
+    lora_r: int = option(8, "LoRA rank (with use_peft).")
+    lora_alpha: int = option(16, "LoRA scaling alpha (with use_peft).")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA path (with use_peft).")
+    lora_target_modules: list[str] | None = option(
+        None,
+        "Module names LoRA adapts, e.g. query value (default: PEFT's choice for the architecture).",
     )
-    student_intermediate_size: int | None = field(
-        default=None, metadata={"help": "Feed-forward size of a narrower student."}
+    ignore_mismatched_sizes: bool = option(
+        False,
+        "Re-initialise a checkpoint's task head whose size differs (e.g. another label count).",
     )
-    student_num_attention_heads: int | None = field(
-        default=None, metadata={"help": "Attention heads of a narrower student."}
+    overwrite_output_dir: bool = option(
+        False,
+        "Replace a finished or partial run already in output_dir (otherwise refused).",
     )
-    use_peft: bool = field(
-        default=False,
-        metadata={"help": "Distill into a LoRA adapter on the student (lora_* flags) instead of all its weights."},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (with use_peft)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (with use_peft)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path (with use_peft)."})
-    lora_target_modules: list[str] | None = field(
-        default=None,
-        metadata={"help": "Module names LoRA adapts, e.g. query value (default: PEFT's choice for the architecture)."},
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Re-initialise a checkpoint's task head whose size differs (e.g. another label count)."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Replace a finished or partial run already in output_dir (otherwise refused)."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow model code from the checkpoint to run. Off unless you trust it."}
-    )
-    task: str = field(
-        default="sequence_classification",
-        metadata={"help": "sequence_classification, token_classification, masked_lm or causal_lm."},
+    trust_remote_code: bool = option(False, "Allow model code from the checkpoint to run. Off unless you trust it.")
+    task: str = option(
+        "sequence_classification",
+        "sequence_classification, token_classification, masked_lm or causal_lm.",
     )
 
 

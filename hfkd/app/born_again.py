@@ -23,11 +23,12 @@ import copy
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedModel, set_seed
 
+from hfkd.config import option
 from hfkd.app.arguments import ModelArguments
 from hfkd.io import recover, staged
 from hfkd.models import resolve_model_path
@@ -60,12 +61,10 @@ class BornAgainConfig(DistillationConfig):
     """`DistillationConfig` plus the number of born-again generations; every generation uses the
     same objective (alpha_* terms, temperature) and the same training budget."""
 
-    generations: int = field(
-        default=2,
-        metadata={
-            "help": "Born-again generations to train after the teacher (generation 0); generation k is "
-            "distilled from generation k-1 and saved in output_dir/gen_k."
-        },
+    generations: int = option(
+        2,
+        "Born-again generations to train after the teacher (generation 0); generation k is "
+        "distilled from generation k-1 and saved in output_dir/gen_k.",
     )
 
     def __post_init__(self) -> None:

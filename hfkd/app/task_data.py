@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +27,7 @@ from transformers import (
     default_data_collator,
 )
 
+from hfkd.config import option
 from hfkd.models import HfkdError
 
 logger = logging.getLogger(__name__)
@@ -70,78 +71,60 @@ class DataError(HfkdError, ValueError):
 class DataArguments:
     """Where the data comes from and how to preprocess it (parse with `transformers.HfArgumentParser`)."""
 
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Hub dataset name (e.g. 'glue'), or a local folder holding train/dev/validation/test "
-            "files (.csv, .tsv, .json, .jsonl, .parquet, .txt)."
-        },
+    dataset_name: Optional[str] = option(
+        None,
+        "Hub dataset name (e.g. 'glue'), or a local folder holding train/dev/validation/test "
+        "files (.csv, .tsv, .json, .jsonl, .parquet, .txt).",
     )
-    dataset_config_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset configuration, e.g. 'sst2' for 'glue'."}
+    dataset_config_name: Optional[str] = option(None, "Hub dataset configuration, e.g. 'sst2' for 'glue'.")
+    train_file: Optional[str] = option(
+        None,
+        "Training file: .csv, .tsv (GLUE dialect), .json/.jsonl, .parquet or .txt.",
     )
-    train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training file: .csv, .tsv (GLUE dialect), .json/.jsonl, .parquet or .txt."}
+    validation_file: Optional[str] = option(None, "Evaluation file, same formats.")
+    test_file: Optional[str] = option(None, "Test file, same formats; labels optional.")
+    text_column: Optional[str] = option(
+        None,
+        "Text column (tokens column for token classification). Default: auto-detect "
+        "sentence1/sentence2, premise/hypothesis, ..., then sentence, text, ...",
     )
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Evaluation file, same formats."})
-    test_file: Optional[str] = field(default=None, metadata={"help": "Test file, same formats; labels optional."})
-    text_column: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Text column (tokens column for token classification). Default: auto-detect "
-            "sentence1/sentence2, premise/hypothesis, ..., then sentence, text, ..."
-        },
+    text_pair_column: Optional[str] = option(None, "Second text of a sentence pair; auto-detected with text_column.")
+    label_column: str = option(
+        "label",
+        "Label column (tag column for token classification, where ner_tags/tags are also tried).",
     )
-    text_pair_column: Optional[str] = field(
-        default=None, metadata={"help": "Second text of a sentence pair; auto-detected with text_column."}
+    max_seq_length: int = option(128, "Truncate tokenized inputs to this many tokens (padding is per batch).")
+    max_train_samples: Optional[int] = option(
+        None,
+        "Use N training examples: the first N after a shuffle seeded by subset_seed.",
     )
-    label_column: str = field(
-        default="label",
-        metadata={"help": "Label column (tag column for token classification, where ner_tags/tags are also tried)."},
+    max_eval_samples: Optional[int] = option(
+        None,
+        "Use the first N validation examples (no shuffle: comparable across runs).",
     )
-    max_seq_length: int = field(
-        default=128, metadata={"help": "Truncate tokenized inputs to this many tokens (padding is per batch)."}
+    subset_seed: int = option(42, "Seed of the shuffle behind max_train_samples.")
+    block_size: Optional[int] = option(
+        None,
+        "Language modelling: tokens per training block. Default: max_seq_length.",
     )
-    max_train_samples: Optional[int] = field(
-        default=None,
-        metadata={"help": "Use N training examples: the first N after a shuffle seeded by subset_seed."},
+    mlm_probability: float = option(0.15, "Masked language modelling: fraction of tokens to mask.")
+    preprocessing_num_workers: Optional[int] = option(None, "Processes for tokenization (datasets.map num_proc).")
+    validation_split_name: str = option(
+        "validation",
+        "Split to evaluate on, e.g. 'test' when a dataset has no validation split.",
     )
-    max_eval_samples: Optional[int] = field(
-        default=None, metadata={"help": "Use the first N validation examples (no shuffle: comparable across runs)."}
+    augment_copies: int = option(
+        0,
+        "TinyBERT data augmentation (sequence classification): add N copies of every training "
+        "example with words replaced by a masked LM's guesses (needs augment_mlm); 0 = off.",
     )
-    subset_seed: int = field(default=42, metadata={"help": "Seed of the shuffle behind max_train_samples."})
-    block_size: Optional[int] = field(
-        default=None,
-        metadata={"help": "Language modelling: tokens per training block. Default: max_seq_length."},
+    augment_mlm: Optional[str] = option(
+        None,
+        "Masked LM (path or name) whose top-k guesses replace words in augmented copies.",
     )
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Masked language modelling: fraction of tokens to mask."}
-    )
-    preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
-    )
-    validation_split_name: str = field(
-        default="validation",
-        metadata={"help": "Split to evaluate on, e.g. 'test' when a dataset has no validation split."},
-    )
-    augment_copies: int = field(
-        default=0,
-        metadata={
-            "help": "TinyBERT data augmentation (sequence classification): add N copies of every training "
-            "example with words replaced by a masked LM's guesses (needs augment_mlm); 0 = off."
-        },
-    )
-    augment_mlm: Optional[str] = field(
-        default=None,
-        metadata={"help": "Masked LM (path or name) whose top-k guesses replace words in augmented copies."},
-    )
-    augment_prob: float = field(
-        default=0.4, metadata={"help": "Probability that an augmented copy replaces a given word (TinyBERT: 0.4)."}
-    )
-    augment_top_k: int = field(
-        default=15, metadata={"help": "Replacements are drawn from the MLM's top-k guesses (TinyBERT: 15)."}
-    )
-    augment_seed: int = field(default=42, metadata={"help": "Seed of the augmentation draws."})
+    augment_prob: float = option(0.4, "Probability that an augmented copy replaces a given word (TinyBERT: 0.4).")
+    augment_top_k: int = option(15, "Replacements are drawn from the MLM's top-k guesses (TinyBERT: 15).")
+    augment_seed: int = option(42, "Seed of the augmentation draws.")
 
     def __post_init__(self) -> None:
         files = (self.train_file, self.validation_file, self.test_file)

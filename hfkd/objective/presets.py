@@ -18,7 +18,10 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+
+import yaml
 
 logger = logging.getLogger(__name__)
 
@@ -31,74 +34,13 @@ class Preset:
     notes: str
 
 
-# MiniLM v1/v2: the relation term next to the task loss, nothing else.
-_RELATIONS_ONLY: dict[str, Any] = dict(alpha_relation=1.0, alpha_kd=0.0, alpha_ce=1.0, alpha_hidden=0.0, alpha_attention=0.0)
+def _load_presets() -> dict[str, Preset]:
+    """The presets are data: `presets.yaml` beside this module (paper, settings, student, notes)."""
+    text = resources.files("hfkd.objective").joinpath("presets.yaml").read_text(encoding="utf-8")
+    return {name: Preset(**entry) for name, entry in yaml.safe_load(text).items()}
 
-PRESETS: dict[str, Preset] = {
-    "distilbert": Preset(
-        paper="Sanh et al. 2019, DistilBERT, a distilled version of BERT (arXiv:1910.01108), §2-3; T and the "
-        "weights 5/2/1 are those of the authors' training command (transformers examples/distillation).",
-        settings=dict(
-            temperature=2.0, kd_loss="kl", kd_scale_by_t2=True, alpha_kd=5.0, alpha_ce=2.0,
-            alpha_hidden=1.0, hidden_loss="cosine", layer_mapping="last",
-        ),
-        student="every other teacher layer: create_student(teacher, num_layers=depth // 2) "
-        "(recipes: student_num_layers).",
-        notes="The paper's 2.0·L_mlm is the masked-LM loss of pre-training; alpha_ce weights the task loss "
-        "(the masked-LM recipe makes it the MLM loss). L_cos aligns the last hidden states.",
-    ),
-    "tinybert": Preset(
-        paper="Jiao et al. 2020, TinyBERT: Distilling BERT for Natural Language Understanding (Findings of "
-        "EMNLP 2020, arXiv:1909.10351), §3 (losses, layer map n = g(m)) and §4 (task-specific distillation: "
-        "intermediate layers 20 epochs, then prediction layer 3 epochs, temperature 1).",
-        settings=dict(
-            stages=[
-                {"num_train_epochs": 20, "alpha_hidden": 1.0, "alpha_attention": 1.0,
-                 "alpha_kd": 0.0, "alpha_ce": 0.0, "alpha_relation": 0.0},
-                {"num_train_epochs": 3, "alpha_kd": 1.0, "alpha_hidden": 0.0, "alpha_attention": 0.0,
-                 "alpha_ce": 0.0, "alpha_relation": 0.0},
-            ],
-            kd_loss="ce", temperature=1.0, hidden_loss="mse", attention_loss="mse",
-            include_embeddings=True, layer_mapping="uniform",
-        ),
-        student="a narrower fresh model (student_hidden_size, e.g. TinyBERT-4: 4 layers, width 312) or "
-        "create_student layers; width projections are learned (the paper's W_h, W_e).",
-        notes="TinyBERT matches unnormalised attention scores; hfkd matches attention probabilities. The "
-        "paper's data augmentation is not part of the preset, and it ran the stages as two fine-tunings "
-        "(lr 5e-5, then {1e-5, 2e-5, 3e-5}, batch 32); here one schedule spans both.",
-    ),
-    "minilm": Preset(
-        paper="Wang et al. 2021, MiniLMv2: Multi-Head Self-Attention Relation Distillation for Compressing "
-        "Pretrained Transformers (Findings of ACL 2021, arXiv:2012.15828), §3: Q-Q, K-K, V-V relations of "
-        "one teacher layer and the student's last layer.",
-        settings={**_RELATIONS_ONLY, "relations": "qq,kk,vv"},
-        student="any depth and width: relation heads make widths and head counts free.",
-        notes="The paper distills task-agnostically (relations only), then fine-tunes; here the relation "
-        "term trains next to the task loss (or use `stages`). It relates the teacher's last layer for "
-        "base-size teachers and an upper-middle one for large ones (relation_teacher_layer), with more "
-        "relation heads for large teachers (relation_heads; default: the teacher's attention heads).",
-    ),
-    "minilm_v1": Preset(
-        paper="Wang et al. 2020, MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of "
-        "Pre-Trained Transformers (NeurIPS 2020, arXiv:2002.10957), §3: last-layer attention distributions "
-        "(Q-K) and value relation (V-V), KL.",
-        settings={**_RELATIONS_ONLY, "relations": "qk,vv"},
-        student="the teacher's number of attention heads (relation_heads = attention heads).",
-        notes="As for minilm: distilled next to the task loss rather than before fine-tuning.",
-    ),
-    "pkd": Preset(
-        paper="Sun et al. 2019, Patient Knowledge Distillation for BERT Model Compression (EMNLP 2019, "
-        "arXiv:1908.09355), §3-4: alpha 0.5 between soft and hard loss, T from {5, 10, 20}, beta from "
-        "{10, 100, 500, 1000} on normalised [CLS] states, PKD-Skip layers.",
-        settings=dict(
-            alpha_kd=0.5, alpha_ce=0.5, temperature=10.0, kd_loss="kl", alpha_hidden=100.0,
-            hidden_loss="pkd_cls", layer_mapping="pkd_skip",
-        ),
-        student="the teacher's first k layers (student_layer_indices: [0, ..., k-1]).",
-        notes="The paper sums the [CLS] loss over layers; hfkd averages over the layer pairs, so beta "
-        "is alpha_hidden times the number of pairs. T and beta are the middle of the paper's grids.",
-    ),
-}
+
+PRESETS: dict[str, Preset] = _load_presets()
 
 
 def preset_settings(name: str) -> dict[str, Any]:

@@ -104,6 +104,10 @@ def evaluate_model(
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
 
 
+# build_report's latency settings when not given (those of `measure_latencies`).
+LATENCY_DEFAULTS: dict[str, Any] = {"batch_sizes": (1, 32), "warmup": 3, "repeats": 20, "best_of": 3, "max_length": None}
+
+
 def measure_latency(model: nn.Module, inputs: Any, data_collator: Collator | None = None, **settings: Any) -> dict[str, Any]:
     """Latency of one model; `settings` and the method as in `measure_latencies` (prefer it to compare models)."""
     return measure_latencies({"model": model}, inputs, data_collator, **settings)["model"]
@@ -172,34 +176,30 @@ def build_report(
     metric_name: str = "accuracy",
     alpha: float = 0.5,
     teacher_name: str | None = None,
-    batch_sizes: Sequence[int] = (1, 32),
-    warmup: int = 3,
-    repeats: int = 20,
-    best_of: int = 3,
-    max_length: int | None = None,
     eval_batch_size: int = 64,
+    **latency: Any,
 ) -> dict[str, Any]:
     """Measure the teacher and each student and rank the students by DM (`params` as size).
 
     Models may be given as objects or saved folders (loaded with the class in their config). Scores
     are `metrics[metric_name]`; a student's DM is null (with `distillation_metric_error`) when the
     teacher's score makes DM undefined (e.g. 0), so one bad metric does not lose the whole report.
+    `latency` takes `measure_latencies`' settings (`batch_sizes`, `warmup`, `repeats`, `best_of`,
+    `max_length`; defaults `LATENCY_DEFAULTS`), recorded in the report.
     """
     distillation_metric(1, 1, 1, 1, alpha)  # validate alpha before any compute is spent
-    batch_sizes = sorted(set(batch_sizes))  # smallest first: the speed-up and table use it
+    unknown = sorted(set(latency) - set(LATENCY_DEFAULTS))
+    if unknown:
+        raise TypeError(f"build_report got unknown settings {unknown}; latency settings are {list(LATENCY_DEFAULTS)}.")
+    settings = {**LATENCY_DEFAULTS, **latency}
+    # smallest first: the speed-up and table use it
+    batch_sizes = settings["batch_sizes"] = sorted(set(settings["batch_sizes"]))
     named = _named_sources(teacher, students, teacher_name)
     models, entries = {}, {}
     for name, source in named:
         models[name], entries[name] = _measure_model(
             name, source, eval_dataset, data_collator, compute_metrics, metric_name, eval_batch_size
         )
-    settings = {
-        "batch_sizes": batch_sizes,
-        "warmup": warmup,
-        "repeats": repeats,
-        "best_of": best_of,
-        "max_length": max_length,
-    }
     latencies = measure_latencies(models, eval_dataset, data_collator, **settings)
     teacher_name = named[0][0]
     teacher_entry, teacher_latency = entries[teacher_name], latencies[teacher_name]

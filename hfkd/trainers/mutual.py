@@ -33,6 +33,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_loss, find_labels
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from hfkd.config import option
 from hfkd.config import DistillationConfig
 from hfkd.io import staged
 from hfkd.models import forward_arg_names, is_causal_lm
@@ -76,19 +77,15 @@ class MutualDistillationConfig(DistillationConfig):
             "(the student is peer 0, these are peers 1, 2, ...). Each is saved to output_dir/peer{i}."
         },
     )
-    train_teacher_alongside: bool = field(
-        default=False,
-        metadata={
-            "help": "Mutual-learning recipe: add teacher_model_name_or_path as the last peer, trained together "
-            "with the student (online distillation, no frozen teacher)."
-        },
+    train_teacher_alongside: bool = option(
+        False,
+        "Mutual-learning recipe: add teacher_model_name_or_path as the last peer, trained together "
+        "with the student (online distillation, no frozen teacher).",
     )
-    peer_kd_weights: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "Per-peer multipliers of alpha_kd, in peer order (default: 1 for every peer). "
-            "0 for a peer makes it learn from the labels only, e.g. [1, 0] with train_teacher_alongside."
-        },
+    peer_kd_weights: list[float] | None = option(
+        None,
+        "Per-peer multipliers of alpha_kd, in peer order (default: 1 for every peer). "
+        "0 for a peer makes it learn from the labels only, e.g. [1, 0] with train_teacher_alongside.",
     )
 
     def __post_init__(self) -> None:
