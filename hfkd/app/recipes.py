@@ -151,10 +151,19 @@ def card_dataset_names(data_args: DataArguments) -> list[str]:
 
 
 def check_output_dir(args: TrainingArguments, model_args: ModelArguments) -> None:
-    """Refuse to write over another run unless asked to resume or overwrite it."""
-    out = args.output_dir
-    if out and os.path.isdir(out) and args.should_save:
-        recover(out)  # finish a final save that a kill interrupted, before judging what the folder holds
+    """Refuse to write over another run unless asked to resume or overwrite it.
+
+    The saving process first finishes a final save a kill interrupted; the others wait for it
+    (`main_process_first`), so every process judges the same folder and refuses, or not, together.
+    """
+    with args.main_process_first(desc="output_dir check"):
+        out = args.output_dir
+        if out and os.path.isdir(out) and args.should_save:
+            recover(out)  # finish a final save that a kill interrupted, before judging what the folder holds
+        _refuse_another_run(out, args, model_args)
+
+
+def _refuse_another_run(out: str | None, args: TrainingArguments, model_args: ModelArguments) -> None:
     if not out or not os.path.isdir(out) or args.resume_from_checkpoint or model_args.overwrite_output_dir:
         return
     markers = [n for n in os.listdir(out) if n.startswith("checkpoint-") or n in ("model.safetensors", "trainer_state.json")]
