@@ -60,6 +60,14 @@ def seq_cls_dataset(n: int = 32, length: int = 12, labels: int = 3, seed: int = 
 
 
 @pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """Keep the Arrow caches a test writes out of the shared ~/.cache (modules opt in with usefixtures)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+@pytest.fixture
 def tiny_pair():
     return seq_cls_pair()
 

@@ -28,10 +28,7 @@ WORDS = (
 SIX_CLASS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 
 
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """Keep Arrow caches of these tests out of the shared ~/.cache."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # Arrow caches in tmp_path (conftest)
 
 
 @pytest.fixture(scope="module")
