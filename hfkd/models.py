@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import os
 from importlib import import_module
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -101,6 +102,11 @@ def forward_arg_names(model: nn.Module) -> frozenset[str]:
     """Named inputs a model's forward takes (a PEFT wrapper's: its base model's), so one batch
     can feed models of different families."""
     return frozenset(inspect.signature(base_model(model).forward).parameters)
+
+
+def only(inputs: Mapping[str, Any], accepted: frozenset[str] | None, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The inputs a forward accepts (`accepted` None: all), less `drop`."""
+    return {k: v for k, v in inputs.items() if (accepted is None or k in accepted) and k not in drop}
 
 
 def is_default_labels(id2label: dict[int, str]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfkd.models import DistillationSetupError, forward_arg_names, require_attentions
+from hfkd.models import DistillationSetupError, forward_arg_names, only, require_attentions
 from hfkd.teacher.cache import TEACHER_LOGITS
 from hfkd.teacher.ensemble import TeacherEnsemble, check_combination
 from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity
@@ -24,11 +24,6 @@ from hfkd.teacher.loading import check_teacher_student_compatibility, load_teach
 from hfkd.teacher.placement import DEVICE, prepare_teacher, teacher_placement
 
 logger = logging.getLogger(__name__)
-
-
-def only(inputs: Mapping[str, Any], accepted: frozenset[str] | None, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The inputs a forward accepts (`accepted` None: all), less `drop`."""
-    return {k: v for k, v in inputs.items() if (accepted is None or k in accepted) and k not in drop}
 
 
 def model_name(model: nn.Module | str) -> str:

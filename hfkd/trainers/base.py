@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from hfkd.models import only
 from hfkd.objective.objective import Normalisers
-from hfkd.teacher.teachers import only
 from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.trainers.internals import TrainerInternals
 

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hfkd.config import DistillationConfig
-from hfkd.models import check_sequence_length, forward_arg_names, is_causal_lm, require_attentions, task_of
+from hfkd.models import check_sequence_length, forward_arg_names, is_causal_lm, only, require_attentions, task_of
 from hfkd.objective.objective import Objective
 from hfkd.objective.projections import WidthProjections
 from hfkd.objective.schedules import DistillationSchedule
@@ -32,7 +32,7 @@ from hfkd.teacher.cache import (
     check_cache_fits,
     has_teacher_cache,
 )
-from hfkd.teacher.teachers import Teachers, only
+from hfkd.teacher.teachers import Teachers
 from hfkd.trainers.base import DistillationTrainerBase, Terms
 
 

@@ -36,11 +36,10 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from hfkd.config import option
 from hfkd.config import DistillationConfig
 from hfkd.io import staged
-from hfkd.models import forward_arg_names, is_causal_lm
+from hfkd.models import forward_arg_names, is_causal_lm, only
 from hfkd.objective.losses import KD_LOSSES, task_ce_loss
 from hfkd.objective.objective import Normalisers, aligned
 from hfkd.objective.terms import TERMS, Term
-from hfkd.teacher.teachers import only
 from hfkd.trainers.base import DistillationTrainerBase, Terms
 
 MUTUAL_TERMS = ("ce", "kd")
