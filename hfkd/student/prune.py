@@ -77,6 +77,8 @@ def pruned_shape(
     _positive("hidden_size", hidden, config.hidden_size, "hidden channels")
     intermediate = teacher_intermediate if intermediate_size is None else intermediate_size
     _positive("intermediate_size", intermediate, teacher_intermediate, "FFN neurons per layer")
+    if num_attention_heads is not None:
+        _positive("num_attention_heads", num_attention_heads, heads, "attention heads")
     if anatomy.head_dim_from_hidden:  # BERT/GPT-2: hidden_size = heads * head_dim, head_dim kept
         if hidden % head_dim:
             raise DistillationSetupError(
@@ -93,7 +95,6 @@ def pruned_shape(
             )
         num_attention_heads = derived
     student_heads = heads if num_attention_heads is None else num_attention_heads
-    _positive("num_attention_heads", student_heads, heads, "attention heads")
     group = heads // kv_heads
     if student_heads % group:
         raise DistillationSetupError(
@@ -116,7 +117,7 @@ def _kept_layers(
     if layer_indices is not None:
         return list(layer_indices)
     count = teacher_depth if num_layers is None else num_layers
-    return sorted(torch.topk(importance.blocks, count).indices.tolist())
+    return _top(importance.blocks, count).tolist()
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:

@@ -154,6 +154,7 @@ def test_pruning_keeps_the_most_important_units_and_whole_kv_groups() -> None:
     [
         ("bert", dict(hidden_size=20), r"not a multiple of the teacher's head_dim=8.*\[8, 16, 24, 32\]"),
         ("bert", dict(num_attention_heads=2), r"would change head_dim from 8.*num_attention_heads=4"),
+        ("bert", dict(num_attention_heads=0), r"num_attention_heads=0 .* integer from 1 to 4"),
         ("llama", dict(num_attention_heads=5), r"num_attention_heads=5 .* integer from 1 to 4"),
         ("llama", dict(num_attention_heads=3), r"whole groups; choose from \[2, 4\]"),
         ("llama", dict(intermediate_size=0), r"intermediate_size=0 .* integer from 1 to 37"),
