@@ -264,6 +264,8 @@ def create_student(
     """
     if init is not None and init not in STUDENT_INITS:
         raise ValueError(f"init={init!r} is invalid; choose one of {list(STUDENT_INITS)}.")
+    if calibration_dataset is not None and init != "prune":
+        raise ValueError(f"calibration_dataset is only read by init='prune' (got init={init!r}); pass init='prune'.")
     teacher_config = teacher.config
     if getattr(teacher_config, "is_encoder_decoder", False):
         raise ValueError(

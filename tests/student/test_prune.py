@@ -189,6 +189,8 @@ def test_init_copy_and_random() -> None:
         create_student(teacher, hidden_size=16, init="copy")
     with pytest.raises(ValueError, match=r"init='fresh' is invalid; choose one of \['copy', 'prune', 'random'\]"):
         create_student(teacher, num_layers=2, init="fresh")
+    with pytest.raises(ValueError, match="calibration_dataset is only read by init='prune'"):
+        create_student(teacher, hidden_size=16, calibration_dataset=_rows())
     fresh = create_student(teacher, num_layers=2, init="random")
     assert getattr(fresh.config, STUDENT_INIT_KEY) == {"init": "random"}
     assert not hasattr(fresh.config, TEACHER_LAYERS_KEY)
