@@ -1,6 +1,8 @@
 """How much vocabulary trimming saves on SST-2, and what it changes.
 
-    python scripts/benchmark_trim_vocab.py [--teacher /work/teachers/sst2_8k --teacher ...] [--output trim.json]
+    python scripts/benchmark_trim_vocab.py [--teacher outputs/sst2/teacher ...] [--output trim.json]
+    python scripts/benchmark_trim_vocab.py --teacher outputs/sst2/teacher \
+        --extra_texts ../shared/data/wikitext2/valid.txt --models teacher,copied --alphabet no
 
 Trims the MiniLM-L6 vocabulary (30,522 WordPiece tokens) to the tokens of the SST-2 training
 sentences, with and without `keep_alphabet`, for the 6-layer teacher (22.7M), the 3-layer student
@@ -9,6 +11,8 @@ kept, parameters and bytes on disk before and after, and the share of SST-2 dev 
 tokenizer changes or makes unknown. For each fine-tuned `--teacher` it also scores dev accuracy
 before and after trimming, and checks train sentences (which the trimmed vocabulary covers) for
 identical logits. Without `--teacher` the pretrained MiniLM (untrained head) gives the sizes only.
+`--extra_texts` keeps the tokens of general-domain text too, to see what that buys on dev.
+Nothing here is timed: it can run `nice`d next to a timing benchmark without disturbing it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import time
 
 from benchmarking import PRETRAINED, SST2_DIR, STUDENT_LAYERS, quiet_libraries, write_results
 
@@ -35,8 +38,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--teacher", action="append", default=[], help="Fine-tuned SST-2 classifier (repeatable).")
     parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--check_train", type=int, default=2000, help="Train sentences checked for equal logits.")
+    parser.add_argument("--extra_texts", nargs="*", default=[],
+                        help="General-domain text files (one text per line) kept beside the SST-2 train sentences.")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"Subset of {','.join(MODELS)} for the sizes.")
+    parser.add_argument("--alphabet", default="no,yes", help="keep_alphabet settings for the sizes: no, yes or both.")
     parser.add_argument("--output", default=None, help="Write JSON here (and Markdown beside it).")
     return parser.parse_args()
+
+
+MODELS = ("teacher", "copied", "compact")
 
 
 def split_texts(data_dir: str, split_file: str) -> list[str]:
@@ -44,12 +54,15 @@ def split_texts(data_dir: str, split_file: str) -> list[str]:
     return texts_of(load_raw_datasets(data)["train"], "train", data)
 
 
-def sizes(teacher: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def sizes(teacher: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
     """The models whose embedding trimming shrinks: the teacher, the copied 3-layer and a compact student."""
-    return {"teacher (6 × 384)": teacher,
-            "student, copied layers 0,2,4 (3 × 384)": create_student(teacher, layer_indices=STUDENT_LAYERS),
-            "student, compact (3 × 192)": create_student(teacher, num_layers=3, hidden_size=192,
-                                                         intermediate_size=768, num_attention_heads=12)}
+    build = {"teacher": ("teacher (6 × 384)", lambda: teacher),
+             "copied": ("student, copied layers 0,2,4 (3 × 384)",
+                        lambda: create_student(teacher, layer_indices=STUDENT_LAYERS)),
+             "compact": ("student, compact (3 × 192)",
+                         lambda: create_student(teacher, num_layers=3, hidden_size=192, intermediate_size=768,
+                                                num_attention_heads=12))}
+    return {build[name][0]: build[name][1]() for name in names}
 
 
 def logits(model: torch.nn.Module, tokenizer, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -62,20 +75,18 @@ def logits(model: torch.nn.Module, tokenizer, texts: list[str], batch_size: int 
     return torch.cat(chunks)
 
 
-def size_rows(tokenizer, train: list[str], dev: list[str]) -> list[dict]:
+def size_rows(tokenizer, train: list[str], dev: list[str], models: list[str], alphabet: list[bool]) -> list[dict]:
     rows = []
-    for keep_alphabet in (False, True):
+    for keep_alphabet in alphabet:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(PRETRAINED), num_labels=2)
-        for name, original in sizes(model).items():  # the students are made before the teacher is trimmed
+        for name, original in sizes(model, models).items():  # the students are made before the teacher is trimmed
             before = safetensors_size(original)
-            started = time.perf_counter()
             trimmed, _, report = trim_vocabulary(original, tokenizer, train, keep_alphabet=keep_alphabet)
-            seconds = time.perf_counter() - started
             change = report.compare(dev)
             numbers = {key: value for key, value in report.to_dict().items() if key != "kept_ids"}
             rows.append({"model": name, "keep_alphabet": keep_alphabet, **numbers,
                          "disk_bytes_before": before, "disk_bytes_after": safetensors_size(trimmed),
-                         "trim_seconds": round(seconds, 1), "dev": change.to_dict()})
+                         "dev": change.to_dict()})
             print(f"{name}, keep_alphabet={keep_alphabet}: {report.vocab_after:,} tokens kept, "
                   f"{report.parameters_before / 1e6:.2f}M -> {report.parameters_after / 1e6:.2f}M params, "
                   f"dev tokens changed {100 * change.changed_share:.2f}%, unknown {100 * change.unknown_share:.3f}%",
@@ -83,10 +94,11 @@ def size_rows(tokenizer, train: list[str], dev: list[str]) -> list[dict]:
     return rows
 
 
-def accuracy_row(path: str, train: list[str], dev: list[str], dev_labels: torch.Tensor, check_train: int) -> dict:
+def accuracy_row(path: str, train: list[str], sst2_train: list[str], dev: list[str], dev_labels: torch.Tensor,
+                 check_train: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    sample = random.Random(0).sample(train, min(check_train, len(train)))
+    sample = random.Random(0).sample(sst2_train, min(check_train, len(sst2_train)))
     dev_before, train_before = logits(model, tokenizer, dev), logits(model, tokenizer, sample)
     model, trimmed, report = trim_vocabulary(model, tokenizer, train)
     dev_after, train_after = logits(model, trimmed, dev), logits(model, trimmed, sample)
@@ -132,18 +144,24 @@ def main() -> None:
     quiet_libraries()
     torch.manual_seed(0)
     train = split_texts(options.data_dir, "train.tsv")
+    sample = list(train)  # logits are checked on SST-2 train sentences, also when extra texts are kept
+    for path in options.extra_texts:
+        with open(path, encoding="utf-8") as handle:
+            train += [line.strip() for line in handle if line.strip()]
     dev = split_texts(options.data_dir, "dev.tsv")
     dev_data = load_raw_datasets(DataArguments(train_file=os.path.join(options.data_dir, "dev.tsv")))["train"]
     dev_labels = torch.tensor([int(label) for label in dev_data["label"]])
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(PRETRAINED))
     print(f"SST-2: {len(train):,} train sentences, {len(dev):,} dev sentences; threads {torch.get_num_threads()}",
           flush=True)
-    size_results = size_rows(tokenizer, train, dev)
-    accuracies = [accuracy_row(path, train, dev, dev_labels, options.check_train) for path in options.teacher]
+    alphabet = [{"no": False, "yes": True}[value] for value in options.alphabet.split(",")]
+    size_results = size_rows(tokenizer, train, dev, options.models.split(","), alphabet)
+    accuracies = [accuracy_row(path, train, sample, dev, dev_labels, options.check_train) for path in options.teacher]
     table = markdown(size_results, accuracies)
     print(table)
     if options.output:
-        write_results(options.output, {"cpu": cpu_name(), "threads": torch.get_num_threads(), "sizes": size_results,
+        write_results(options.output, {"cpu": cpu_name(), "threads": torch.get_num_threads(),
+                                       "extra_texts": options.extra_texts, "texts": len(train), "sizes": size_results,
                                        "accuracy": accuracies}, table)
 
 
