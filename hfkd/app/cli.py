@@ -7,6 +7,8 @@
     hfkd mutual   --config C.yaml --peer_model_name_or_path PEER [...] [--train_teacher_alongside]
     hfkd born-again --config C.yaml --generations N [--flag value ...]
     hfkd report   --teacher PATH --student PATH [--student PATH ...] (--config C.yaml | --dataset ...)
+    hfkd trim-vocab --model DIR --texts FILE_OR_CONFIG [...] --output_dir OUT [--eval_texts ...]
+                                   (keep only the tokens the texts use: a smaller embedding, same outputs on them)
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ RECIPE_COMMANDS = {
     "mutual": ("hfkd.app.recipes", "run_mutual_learning", "hfkd.trainers.mutual", "MutualDistillationConfig"),
     "born-again": ("hfkd.app.born_again", "run_born_again", "hfkd.app.born_again", "BornAgainConfig"),
 }
-COMMANDS = (*RECIPE_COMMANDS, "report")
+# command -> (module, function taking the remaining arguments); imported on use.
+STANDALONE_COMMANDS = {
+    "report": ("hfkd.app.report_cli", "main"),
+    "trim-vocab": ("hfkd.app.trim_vocab", "main"),
+}
+COMMANDS = (*RECIPE_COMMANDS, *STANDALONE_COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,10 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__.strip())
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    if command == "report":
-        from hfkd.app.report_cli import main as report_main
-
-        report_main(rest)
+    if command in STANDALONE_COMMANDS:
+        module, function = STANDALONE_COMMANDS[command]
+        getattr(import_module(module), function)(rest)
         return
     from hfkd.app.recipes import finish_process
     from hfkd.app.recipes import main as run_recipe
