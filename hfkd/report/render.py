@@ -56,7 +56,7 @@ def report_to_markdown(report: Mapping[str, Any]) -> str:
     headers = [
         "model", "params (M)", "size (MB)", f"score ({report['metric_name']})", "Δ vs teacher",
         *(f"p50 latency, {label} (ms)" for label in labels), *(f"speed-up, {label}" for label in labels),
-        f"DM params (α={alpha:g})", f"DM bytes (α={alpha:g})", "format",
+        f"DM (α={alpha:g}) by params", f"DM (α={alpha:g}) by bytes", "format",
     ]
     rows = [_report_row(entry, teacher, batches) for entry in [teacher, *rank_students(report)]]
     latency = report.get("latency", {})
@@ -68,8 +68,8 @@ def report_to_markdown(report: Mapping[str, Any]) -> str:
     )
     notes = [
         f"DM (α = {alpha:g}) = α·size_student/size_teacher + (1−α)·(1 − score_student/"
-        "score_teacher), lower is better (Alkhulaifi et al., 2021), with size = parameters (DM params; "
-        "students are ranked by it) and size = bytes of the model files on disk (DM bytes).",
+        "score_teacher), lower is better (Alkhulaifi et al., 2021), with size = parameters (by params; "
+        "rows are ranked by it) and with size = bytes of the model files on disk (by bytes).",
         "Every row is measured by running that artifact over the evaluation set: ONNX rows in ONNX "
         "Runtime (CPU), PyTorch rows in PyTorch; an int8 row's score is its own, not its source's.",
         f"Latency: median{runs} on real eval examples, "
