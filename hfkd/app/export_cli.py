@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Sequence
 
 from hfkd.app.report_cli import add_data_arguments, evaluation_data
+from hfkd.models import HfkdError
 
 
 @contextmanager
@@ -22,7 +23,7 @@ def one_line_errors(debug: bool) -> Iterator[None]:
     """A refused setup (`HfkdError`, bad values, missing files) as one line and exit status 2."""
     try:
         yield
-    except (ValueError, TypeError, OSError) as error:  # HfkdError subclasses ValueError here
+    except (HfkdError, ValueError, TypeError, OSError) as error:
         if debug:
             raise
         print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)", file=sys.stderr)

@@ -175,10 +175,15 @@ def _plot_panel(ax: Any, report: Mapping[str, Any], size: str) -> None:
             ax.scatter([x for _, x, _ in chosen], [y for _, _, y in chosen], marker=marker, s=60, zorder=3, label=kind)
     ax.scatter([1.0], [1.0], s=180, marker="*", color="tab:red", label="teacher", zorder=3)
     dm_key = "distillation_metric" if size == "params" else "distillation_metric_bytes"
+    placed: list[tuple[float, float]] = []  # (x, y) of the labels so far
     for r, x, y in points[1:]:
         dm = r.get(dm_key)
+        # artifacts of one source share a size by parameters: stack their labels instead of overprinting
+        stacked = sum(abs(x - px) < 0.03 * x_max for px, _ in placed)
+        placed.append((x, y))
         ax.annotate(r["name"] if dm is None else f"{r['name']}\nDM={dm:.3f}", (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+                    xytext=(6, 4 - 20 * stacked), fontsize=7,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xlim(0, x_max)
     ax.set_ylim(y_min, y_max)
     ax.grid(True, alpha=0.3)
