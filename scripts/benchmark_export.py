@@ -112,7 +112,7 @@ def _summary(report: dict, args: argparse.Namespace) -> tuple[dict, str]:
         f"batch 32 {ratios['batch_32']:.2f}× (target ≥ 4×).",
         f"{report['eval_examples']} SST-2 dev sentences; {report['threads']} threads (torch and ONNX Runtime); {cpu}; "
         f"torch {torch.__version__}, Python {platform.python_version()}. DM at α = {report['alpha']:g}. "
-        f"Student: {'a 3-layer copy of the teacher (create_student, untrained)' if not args.student_dir else args.student_dir}.",
+        f"Student: {args.student_dir or 'a 3-layer copy of the teacher (create_student, untrained)'}.",
     ]
     results = {"rows": rows, "latency_ratio_onnx_int8_student_vs_torch_teacher": ratios, "device": cpu,
                "threads": report["threads"], "teacher_dir": args.teacher_dir, "student_dir": args.student_dir,

@@ -38,7 +38,8 @@ def parse_export(argv: Sequence[str]) -> argparse.Namespace:
                         help="onnx: torch.onnx.export(dynamo=True), run with ONNX Runtime; torch: PyTorch "
                              "dynamic int8 (needs --quantize int8).")
     parser.add_argument("--quantize", default=None, choices=["int8"], help="int8 weights (dynamic quantization).")
-    parser.add_argument("--output_dir", required=True, help="New or empty folder, or an earlier hfkd export (replaced whole).")
+    parser.add_argument("--output_dir", required=True,
+                        help="New or empty folder, or an earlier hfkd export (replaced whole).")
     parser.add_argument("--texts", help="Check inputs: a text file, one text per line (instead of --config).")
     add_data_arguments(parser)
     parser.add_argument("--max_check_samples", type=int, default=1000, help="Validation rows the check runs on.")
@@ -66,7 +67,8 @@ def run_export(options: argparse.Namespace) -> dict[str, Any]:
         for check in json.load(handle)["checks"]:
             print(f"{check['artifact']}: argmax agreement {check['argmax_agreement']:.2%}, max |Δlogit| "
                   f"{check['max_abs_logit_diff']:.3g} ({check['relative_logit_diff']:.2g} × logit scale) on "
-                  f"{check['positions']} positions: {'passed' if check['passed'] else 'OUTSIDE THE BOUND (kept: --allow_mismatch)'}")
+                  f"{check['positions']} positions: "
+                  f"{'passed' if check['passed'] else 'OUTSIDE THE BOUND (kept: --allow_mismatch)'}")
     print(f"wrote {options.output_dir} ({', '.join(manifest['model_files'])}, tokenizer, config, manifest)")
     return manifest
 

@@ -120,7 +120,8 @@ def export_model(
     `format="torch", quantize="int8"` is PyTorch dynamic int8 on nn.Linear, saved as a state dict
     beside config.json (`hfkd.deploy.load_torch_int8` rebuilds it). Every artifact (and, for ONNX
     int8, the fp32 graph it came from) is compared with the PyTorch model on `texts` (texts, text
-    pairs or tokenized rows; default `CHECK_TEXTS`) and refused outside `bounds` (default `DEFAULT_BOUNDS`) unless `allow_mismatch`.
+    pairs or tokenized rows; default `CHECK_TEXTS`) and refused outside `bounds` (default
+    `DEFAULT_BOUNDS`) unless `allow_mismatch`.
     Returns the manifest written to `output_dir/hfkd_export.json`, with the check results.
     """
     _check_choices(format, quantize)
@@ -186,7 +187,8 @@ def check_batches(tokenizer: Any, texts: Sequence[Any], model: nn.Module, max_le
         else:
             pairs = [t if isinstance(t, tuple) else (t,) for t in chunk]
             encoded = tokenizer(*zip(*pairs), padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        batches.append({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in _GRAPH_INPUTS and k in accepted})
+        batches.append({k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()
+                        if k in _GRAPH_INPUTS and k in accepted})
     return batches
 
 
@@ -252,7 +254,8 @@ def _supported_task(model: nn.Module) -> str:
 
 
 def _write_artifact(model: nn.Module, folder: Path, format: str, quantize: str | None, batches: list[dict],
-                    reference: list[np.ndarray], task: str, bounds: Mapping[str, CheckBounds]) -> tuple[list[str], list[dict]]:
+                    reference: list[np.ndarray], task: str,
+                    bounds: Mapping[str, CheckBounds]) -> tuple[list[str], list[dict]]:
     """Write the model file(s) into `folder`; returns their names and one check per artifact made."""
     def check(kind: str, runner: nn.Module) -> dict[str, Any]:
         bound = bounds["int8" if "int8" in kind else "fp32"]

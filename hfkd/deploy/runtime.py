@@ -220,7 +220,8 @@ def _prediction(task: str | None, probs: np.ndarray, ids: np.ndarray, mask: np.n
                            "probability": float(probs[t].max())}
                           for t in np.flatnonzero(ids == tokenizer.mask_token_id)]}
     last = int(np.flatnonzero(mask)[-1])  # causal LM: right padding, the next token after the last real one
-    return {"next_token": tokenizer.convert_ids_to_tokens(int(probs[last].argmax())), "probability": float(probs[last].max())}
+    return {"next_token": tokenizer.convert_ids_to_tokens(int(probs[last].argmax())),
+            "probability": float(probs[last].max())}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -132,7 +132,8 @@ def _report_row(entry: Mapping[str, Any], teacher: Mapping[str, Any], batches: S
         "—" if is_teacher else _fmt(entry["score"] - teacher["score"], "+.4f"),
         *(f"{entry['latency_ms'][b]['p50']:.2f}" for b in batches),
         *(f"{speedups[b]:.2f}×" if b in speedups else "n/a" for b in batches),
-        *("—" if is_teacher else _fmt(entry.get(key), ".4f") for key in ("distillation_metric", "distillation_metric_bytes")),
+        *("—" if is_teacher else _fmt(entry.get(key), ".4f")
+          for key in ("distillation_metric", "distillation_metric_bytes")),
         entry.get("format", "pytorch fp32"),
     ]
 
@@ -144,7 +145,8 @@ def _references_markdown(report: Mapping[str, Any]) -> str:
     alpha = report["alpha"]
     rows = [[r["case"], f"{r['student_size'] / r['teacher_size']:.3f}", f"{r['student_score'] / r['teacher_score']:.3f}",
              _fmt(_reference_dm(r, alpha), ".4f"), r["source"]] for r in references]
-    table = markdown_table(["published pair", "size / teacher (params)", "score / teacher", f"DM (α={alpha:g})", "source"], rows)
+    headers = ["published pair", "size / teacher (params)", "score / teacher", f"DM (α={alpha:g})", "source"]
+    table = markdown_table(headers, rows)
     return "\nPublished reference points (shown in the plot):\n\n" + table + "\n"
 
 

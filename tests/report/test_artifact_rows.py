@@ -101,7 +101,8 @@ def test_scores_are_measured_on_each_artifact(artifact_report, eval_set, seq_cls
     assert rows["onnx-int8"]["score"] == pytest.approx(float((np.asarray(direct) == labels).mean()))
 
 
-def test_sizes_and_dm_by_bytes_come_from_the_files(artifact_report, seq_cls_dir, seq_cls_onnx_int8, seq_cls_torch_int8) -> None:
+def test_sizes_and_dm_by_bytes_come_from_the_files(artifact_report, seq_cls_dir, seq_cls_onnx_int8,
+                                                   seq_cls_torch_int8) -> None:
     report, _, folders = artifact_report
     rows = _rows(report)
     files = {"teacher": [folders["teacher"] / "model.safetensors"], "student": [seq_cls_dir / "model.safetensors"],
