@@ -64,7 +64,7 @@ def main() -> None:
             artifacts.append(f"{owner}-{name}={out}")
     if args.exports_only:
         return
-    argv = ["--teacher", args.teacher_dir, "--student", student_dir, "--config", config,
+    argv = ["--teacher", args.teacher_dir, "--artifact", f"student-pytorch-fp32={student_dir}", "--config", config,
             "--output_dir", os.path.join(args.output_root, "report"), "--repeats", str(args.repeats)]
     argv += [flag for spec in artifacts for flag in ("--artifact", spec)]
     if args.max_eval_samples:
@@ -110,6 +110,11 @@ def _summary(report: dict, args: argparse.Namespace) -> tuple[dict, str]:
         table, "",
         f"ONNX int8 student vs fp32 PyTorch teacher, p50 latency ratio: batch 1 {ratios['batch_1']:.2f}×, "
         f"batch 32 {ratios['batch_32']:.2f}× (target ≥ 4×).",
+        "int8 minus its fp32 source, dev accuracy (points): " + ", ".join(
+            f"{name} {100 * (by_name[name]['score'] - source['score']):+.2f}"
+            for name, source in (("student-onnx-int8", by_name["student-pytorch-fp32"]),
+                                 ("student-torch-int8", by_name["student-pytorch-fp32"]), ("teacher-onnx-int8", teacher))
+        ) + ".",
         f"{report['eval_examples']} SST-2 dev sentences; {report['threads']} threads (torch and ONNX Runtime); {cpu}; "
         f"torch {torch.__version__}, Python {platform.python_version()}. DM at α = {report['alpha']:g}. "
         f"Student: {args.student_dir or 'a 3-layer copy of the teacher (create_student, untrained)'}.",
@@ -117,7 +122,7 @@ def _summary(report: dict, args: argparse.Namespace) -> tuple[dict, str]:
     results = {"rows": rows, "latency_ratio_onnx_int8_student_vs_torch_teacher": ratios, "device": cpu,
                "threads": report["threads"], "teacher_dir": args.teacher_dir, "student_dir": args.student_dir,
                "command": "python scripts/benchmark_export.py " + " ".join(
-                   f"--{k} {v}" for k, v in vars(args).items() if v is not None)}
+                   f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(args).items() if v not in (None, False))}
     return json.loads(json.dumps(results)), "\n".join(lines)
 
 
