@@ -118,6 +118,8 @@ def artifact_kind(format: str, quantize: str | None) -> str:
 def load_artifact(folder: str | os.PathLike, threads: int | None = None) -> Artifact:
     """An hfkd export folder (ONNX through ONNX Runtime, PyTorch int8) or any saved model folder."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"{folder} is not a folder: give the --output_dir of an hfkd export, or a saved model folder.")
     manifest = read_manifest(folder)
     if manifest is None:
         model = load_pretrained(folder)

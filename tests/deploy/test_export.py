@@ -223,6 +223,14 @@ def test_predict_cli_prints_labels(seq_cls_onnx_int8: Path, tmp_path: Path, caps
     assert all(line.split("\t")[0] in LABELS.values() and 0 < float(line.split("\t")[1]) <= 1 for line in lines)
 
 
+def test_predict_refuses_what_is_not_an_artifact(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["predict", "--model", str(tmp_path / "missing"), "--text", "hi"])
+    assert "missing is not a folder: give the --output_dir of an hfkd export" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="at least one text"):
+        predict(tmp_path, [])
+
+
 def test_export_cli_errors_are_one_line(seq_cls_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "x").write_text("x")
