@@ -1,11 +1,21 @@
-"""The README's main job: fine-tune a MiniLM-L6 teacher on SST-2, distill a 3-layer student,
-evaluate both on the full SST-2 dev set and print a teacher-vs-student table.
+"""The README's main job: fine-tune a MiniLM-L6 teacher on SST-2, distil a compact student pruned
+from it, train the same student without the teacher (its no-teacher twin), export the distilled one
+to int8 ONNX, and report all of them measured as they would be deployed.
 
-    python recipes/sst2_main_job.py            # ~7 min on 2 CPU cores: 8,000 training sentences
+    python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 training sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences
 
-Each step is the plain recipe with its YAML config (recipes/configs/sst2_teacher.yaml,
-recipes/configs/sst2_minilm_l3.yaml); this script only chains them and reports.
+Each step is the plain recipe or command with its YAML config (recipes/configs/sst2_teacher.yaml,
+recipes/configs/sst2_minilm_pruned.yaml); this script only chains them:
+
+1. `hfkd finetune`: the teacher.
+2. `hfkd distill`: the teacher pruned to 4 layers x 192 by activation importance (Minitron), then
+   TinyBERT's two stages (hidden states + attention maps, then soft logits).
+3. `hfkd distill` again with one labels-only stage as long as both: the same pruned start, data
+   and steps, no teacher. The gap between 2 and 3 is what distillation bought.
+4. `hfkd export --format onnx --quantize int8`: the deployable artifact, checked against 2.
+5. `hfkd report`: size, bytes, score measured by running each artifact, latency, DM by parameters
+   and by bytes, and the plot.
 """
 
 from __future__ import annotations
@@ -14,15 +24,18 @@ import argparse
 import json
 import os
 
+import yaml
 from transformers import TrainingArguments
 
-from hfkd.app.recipes import main as run_recipe
+from hfkd.app.export_cli import export_main
 from hfkd.app.recipes import finish_process, run_distillation, run_finetune
+from hfkd.app.recipes import main as run_recipe
 from hfkd.app.report_cli import main as report_main
 from hfkd.app.report_cli import summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
+STUDENT_CONFIG = os.path.join(CONFIGS, "sst2_minilm_pruned.yaml")
 
 
 def parse() -> argparse.Namespace:
@@ -38,6 +51,15 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def labels_only_stage(config_path: str) -> str:
+    """One stage, CE only, as long as the config's stages together: the no-teacher twin's schedule."""
+    with open(config_path, encoding="utf-8") as handle:
+        stages = yaml.safe_load(handle)["stages"]
+    epochs = sum(stage["num_train_epochs"] for stage in stages)
+    return json.dumps([{"num_train_epochs": epochs, "alpha_ce": 1.0, "alpha_kd": 0.0,
+                        "alpha_hidden": 0.0, "alpha_attention": 0.0}])
+
+
 def main() -> None:
     options = parse()
     data = ["--train_file", os.path.join(options.data_dir, "train.tsv"),
@@ -45,31 +67,39 @@ def main() -> None:
     if not options.full:
         data += ["--max_train_samples", str(options.train_samples)]
     teacher_dir = os.path.join(options.output_root, "teacher")
-    student_dir = os.path.join(options.output_root, "student_l3")
+    student_dir = os.path.join(options.output_root, "student_pruned")
+    twin_dir = os.path.join(options.output_root, "student_pruned_no_teacher")
+    onnx_dir = os.path.join(options.output_root, "student_pruned_onnx_int8")
     subset = "all 67,349" if options.full else f"a seeded subsample of {options.train_samples:,} of 67,349"
     print(f"hfkd main job: SST-2, training on {subset} train sentences; evaluation on the full dev set (872).",
           flush=True)
 
     if not (options.reuse_teacher and os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))):
-        print("[1/2] fine-tuning the teacher (MiniLM-L6-H384, 6 layers)", flush=True)
+        print("[1/5] fine-tuning the teacher (MiniLM-L6-H384, 6 layers)", flush=True)
         run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"),
                                   "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
                    config_class=TrainingArguments)
-    print("[2/2] distilling a 3-layer student (teacher layers 0, 2, 4)", flush=True)
-    run_recipe(run_distillation, ["--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"),
-                                  "--teacher_model_name_or_path", teacher_dir, "--output_dir", student_dir,
-                                  "--overwrite_output_dir", *data])
+    student = ["--config", STUDENT_CONFIG, "--teacher_model_name_or_path", teacher_dir, "--overwrite_output_dir", *data]
+    print("[2/5] distilling a compact student: the teacher pruned to 4 layers x 192, then TinyBERT's two stages",
+          flush=True)
+    run_recipe(run_distillation, [*student, "--output_dir", student_dir])
+    print("[3/5] its no-teacher twin: the same pruned start, data and steps, labels only", flush=True)
+    run_recipe(run_distillation, [*student, "--output_dir", twin_dir, "--stages", labels_only_stage(STUDENT_CONFIG)])
 
-    table = summarize(teacher_dir, {"student_l3": student_dir}, metric="eval_accuracy")
+    table = summarize(teacher_dir, {"distilled": student_dir, "no_teacher": twin_dir}, metric="eval_accuracy")
     with open(os.path.join(options.output_root, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump(table, handle, indent=2)
     print("\nSST-2 dev (872 sentences):\n" + table["markdown"], flush=True)
+
+    print("\n[4/5] exporting the distilled student to int8 ONNX (checked against it)", flush=True)
+    export_main(["--model", student_dir, "--format", "onnx", "--quantize", "int8", "--output_dir", onnx_dir,
+                 "--config", STUDENT_CONFIG, *data[2:4]])
     if not options.skip_report:
-        print("\nMeasuring size, latency and the distillation metric (hfkd report):", flush=True)
-        report_main(["--teacher", teacher_dir, "--student", student_dir,
-                     "--config", os.path.join(CONFIGS, "sst2_minilm_l3.yaml"),
-                     "--validation_file", os.path.join(options.data_dir, "dev.tsv"),
-                     "--repeats", "10", "--output_dir", os.path.join(options.output_root, "report")])
+        print("\n[5/5] measuring size, latency and the distillation metric of every artifact (hfkd report):",
+              flush=True)
+        report_main(["--teacher", teacher_dir, "--student", student_dir, "--student", twin_dir,
+                     "--artifact", f"distilled-onnx-int8={onnx_dir}", "--config", STUDENT_CONFIG,
+                     *data[2:4], "--repeats", "10", "--output_dir", os.path.join(options.output_root, "report")])
 
 
 if __name__ == "__main__":
