@@ -7,6 +7,7 @@
     hfkd mutual   --config C.yaml --peer_model_name_or_path PEER [...] [--train_teacher_alongside]
     hfkd born-again --config C.yaml --generations N [--flag value ...]
     hfkd report   --teacher PATH --student PATH [--student PATH ...] (--config C.yaml | --dataset ...)
+    hfkd convert-gguf --gguf_file F.gguf --output_dir DIR   (a GGUF causal LM -> a plain safetensors folder)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ RECIPE_COMMANDS = {
     "mutual": ("hfkd.app.recipes", "run_mutual_learning", "hfkd.trainers.mutual", "MutualDistillationConfig"),
     "born-again": ("hfkd.app.born_again", "run_born_again", "hfkd.app.born_again", "BornAgainConfig"),
 }
-COMMANDS = (*RECIPE_COMMANDS, "report")
+COMMANDS = (*RECIPE_COMMANDS, "report", "convert-gguf")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -36,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from hfkd.app.report_cli import main as report_main
 
         report_main(rest)
+        return
+    if command == "convert-gguf":
+        from hfkd.app.gguf_cli import main as convert_main
+
+        convert_main(rest)
         return
     from hfkd.app.recipes import finish_process
     from hfkd.app.recipes import main as run_recipe

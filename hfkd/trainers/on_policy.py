@@ -61,12 +61,12 @@ def is_prompt_dataset(dataset: Any) -> bool:
     return bool(columns & {"prompt", "messages", PROMPT_IDS})
 
 
-def tokenize_prompts(dataset: Any, tokenizer: Any) -> Any:
+def tokenize_prompts(dataset: Any, tokenizer: Any, max_prompt_length: int | None = None) -> Any:
     """A `prompt` (+ `completion`) text dataset, or chat `messages`, as `prompt_input_ids` (+ `completion_input_ids`).
 
     Chat messages are rendered with the tokenizer's chat template: a final assistant message is the
     completion, the rest the prompt (with the generation prompt appended). A reference completion ends
-    with the tokenizer's EOS token, as a generated one does.
+    with the tokenizer's EOS token, as a generated one does. `max_prompt_length` keeps a prompt's first tokens.
     """
     columns = dataset.column_names
     if PROMPT_IDS in columns:
@@ -87,7 +87,7 @@ def tokenize_prompts(dataset: Any, tokenizer: Any) -> Any:
 
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         prompt, completion = _prompt_and_completion(row, tokenizer)
-        out = {PROMPT_IDS: tokenizer(prompt, add_special_tokens=False)["input_ids"]}
+        out = {PROMPT_IDS: tokenizer(prompt, add_special_tokens=False)["input_ids"][:max_prompt_length]}
         if completion is not None:
             out[COMPLETION_IDS] = tokenizer(completion, add_special_tokens=False)["input_ids"] + (
                 [eos] if eos is not None else [])
