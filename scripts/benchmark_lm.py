@@ -47,6 +47,7 @@ from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
 HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "topk_cached", "on_policy_rkl", "mix")
 VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
+ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
 SETTINGS = {
     "no_teacher": {"alpha_ce": 1.0, "alpha_kd": 0.0},
     "off_policy_kl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
@@ -229,7 +230,8 @@ def run_variant(name: str, work: Workload, cache: Any) -> dict[str, Any]:
     steps = durations(clock.stamps, max(options.steps - 2, 1))
     student.eval()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    return {"variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
+    lengths = [h[key] for h in logs for key in ("completion_length", "completions/mean_length") if key in h]
+    return {"completion_length": round(statistics.mean(lengths), 1) if lengths else "–","variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
             "step_seconds": steps["step_seconds"], "perplexity": perplexity(student, work.eval_blocks),
             "held_out_kl": held_out_kl(student, work), "train_logs": logs}
 
@@ -298,17 +300,24 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
+def ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else "–"
+
+
 def markdown(results: dict[str, Any]) -> str:
     runs, floor = results["runs"], results.get("floor")
     trl_step = runs.get("trl_on_policy", {}).get("step_seconds_median")
+    plain = runs.get("no_teacher", {})
     rows = []
     for name, run in runs.items():
-        step = run["step_seconds_median"]
+        step, on_policy = run["step_seconds_median"], name in ON_POLICY
         rows.append([name, f"{run['perplexity']:.1f}", f"{run['held_out_kl']:.3f}", f"{step:.2f}",
-                     f"{step / floor['total']:.2f}" if floor and "policy" in name else "–",
-                     f"{step / trl_step:.2f}" if trl_step and "policy" in name else "–",
-                     f"{run['peak_memory_mb']:.0f}"])
-    table = markdown_table(["variant", "test ppl", "held-out KL", "s/step", "× floor", "× TRL", "peak MB"], rows)
+                     ratio(step, plain.get("step_seconds_median")),
+                     ratio(step, floor["total"] if floor and on_policy else None),
+                     ratio(step, trl_step if on_policy else None), f"{run['peak_memory_mb']:.0f}",
+                     ratio(run["peak_memory_mb"], plain.get("peak_memory_mb")), run.get("completion_length", "–")])
+    table = markdown_table(["variant", "test ppl", "held-out KL", "s/step", "× no-teacher step", "× floor", "× TRL",
+                            "peak MB", "× no-teacher MB", "completion tokens"], rows)
     lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f}; {results['settings']}; {results['device']}.", "",
              table]
     if floor:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import DataCollatorWithPadding, GenerationConfig, Trainer, default_data_collator
 
-from hfkd.models import DistillationSetupError, check_sequence_length, is_sharded
+from hfkd.models import DistillationSetupError, check_sequence_length
 
 PROMPT_IDS, PROMPT_MASK, COMPLETION_IDS = "prompt_input_ids", "prompt_attention_mask", "completion_input_ids"
 ON_POLICY_COLUMNS = (PROMPT_IDS, COMPLETION_IDS)
@@ -240,13 +240,11 @@ class OnPolicy:
 
     def generate(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int) -> torch.Tensor:
         """Completions (prompt removed) sampled from `model` in eval mode, without gradients, with the KV cache."""
-        if is_sharded(model):
-            raise DistillationSetupError("cannot generate with a sharded (ZeRO-3/FSDP) model: use DDP or ZeRO-1/2.")
         args = self.args
         config = GenerationConfig(
             max_new_tokens=args.max_new_tokens, do_sample=args.generation_temperature > 0,
             temperature=args.generation_temperature or None, top_p=args.generation_top_p,
-            top_k=args.generation_top_k or None, pad_token_id=self.pad_token_id,
+            top_k=args.generation_top_k, pad_token_id=self.pad_token_id,  # 0 stays off (None would become 50)
             eos_token_id=self.eos_ids or None, use_cache=True)
         was_training = model.training
         devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []

@@ -240,3 +240,22 @@ def test_teacher_cache_is_refused_on_policy(tmp_path):
     cache = hfkd.build_teacher_cache(teacher, rows, default_data_collator, tmp_path / "cache", top_k=4, temperature=1.0)
     with pytest.raises(DistillationSetupError, match="teacher-cache dataset"):
         hfkd.DistillationTrainer(model=student, args=config(tmp_path, kd_loss="kl"), train_dataset=cache)
+
+
+def test_sampling_settings_reach_generate_unchanged(tmp_path, monkeypatch):
+    """top_k=0 must stay off: a None would be filled with transformers' default top_k=50."""
+    trainer = trainer_for(tmp_path, generation_top_p=0.9, generation_temperature=0.7)
+    seen = {}
+    original = type(trainer.model).generate
+
+    def spy(model, *args, generation_config=None, **kwargs):
+        seen.update(top_k=generation_config.top_k, top_p=generation_config.top_p,
+                    temperature=generation_config.temperature, cache=generation_config.use_cache,
+                    training=model.training, grad=torch.is_grad_enabled())
+        return original(model, *args, generation_config=generation_config, **kwargs)
+
+    monkeypatch.setattr(type(trainer.model), "generate", spy)
+    inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.train()
+    trainer.on_policy.batch(trainer, trainer.model, inputs, None)
+    assert seen == {"top_k": 0, "top_p": 0.9, "temperature": 0.7, "cache": True, "training": False, "grad": False}
