@@ -18,7 +18,7 @@ completion tokens each, the loss on completion tokens only:
   completion length, batch, learning rate and sampling.
 
 Metrics per variant: median seconds per optimizer step (steps 3.. onward), peak resident memory of its
-process (model loading included), WikiText-2 test perplexity (first `--eval_tokens` tokens of
+process (model loading included) and what training adds above the loaded models, WikiText-2 test perplexity (first `--eval_tokens` tokens of
 `test.txt`, blocks of 256), and the mean per-token KL(teacher‖student) on `--kl_prompts` held-out
 prompts (`test.txt` paragraph openings) continued by the teacher (sampled once, seeded). The on-policy
 step's floor is timed alone: student generation, teacher forward, student forward+backward+AdamW step.
@@ -35,7 +35,8 @@ import subprocess
 import time
 from typing import Any
 
-from benchmarking import DATA_DIR, durations, in_child, now, quiet_libraries, write_results  # sets the environment
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    DATA_DIR, _reset_peak_rss, _status_kb, durations, in_child, now, quiet_libraries, write_results)
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback
@@ -226,12 +227,15 @@ def run_variant(name: str, work: Workload, cache: Any) -> dict[str, Any]:
                                            train_dataset=data, data_collator=collator,
                                            processing_class=work.tokenizer)
     trainer.add_callback(clock)
+    baseline = _reset_peak_rss()  # models loaded: what training itself adds is measured from here
     trainer.train()
+    train_peak = (_status_kb("VmHWM") - baseline) / 1024
     steps = durations(clock.stamps, max(options.steps - 2, 1))
     student.eval()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     lengths = [h[key] for h in logs for key in ("completion_length", "completions/mean_length") if key in h]
-    return {"completion_length": round(statistics.mean(lengths), 1) if lengths else "–","variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
+    return {"variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
+            "completion_length": round(statistics.mean(lengths), 1) if lengths else "–", "train_peak_mb": train_peak,
             "step_seconds": steps["step_seconds"], "perplexity": perplexity(student, work.eval_blocks),
             "held_out_kl": held_out_kl(student, work), "train_logs": logs}
 
@@ -315,9 +319,10 @@ def markdown(results: dict[str, Any]) -> str:
                      ratio(step, plain.get("step_seconds_median")),
                      ratio(step, floor["total"] if floor and on_policy else None),
                      ratio(step, trl_step if on_policy else None), f"{run['peak_memory_mb']:.0f}",
-                     ratio(run["peak_memory_mb"], plain.get("peak_memory_mb")), run.get("completion_length", "–")])
+                     f"{run['train_peak_mb']:.0f}", ratio(run["train_peak_mb"], plain.get("train_peak_mb")),
+                     run.get("completion_length", "–")])
     table = markdown_table(["variant", "test ppl", "held-out KL", "s/step", "× no-teacher step", "× floor", "× TRL",
-                            "peak MB", "× no-teacher MB", "completion tokens"], rows)
+                            "process peak MB", "training adds MB", "× no-teacher", "completion tokens"], rows)
     lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f}; {results['settings']}; {results['device']}.", "",
              table]
     if floor:

