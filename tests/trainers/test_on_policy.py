@@ -259,3 +259,28 @@ def test_sampling_settings_reach_generate_unchanged(tmp_path, monkeypatch):
     trainer.model.train()
     trainer.on_policy.batch(trainer, trainer.model, inputs, None)
     assert seen == {"top_k": 0, "top_p": 0.9, "temperature": 0.7, "cache": True, "training": False, "grad": False}
+
+
+def test_a_resumed_run_samples_what_the_uninterrupted_one_did(tmp_path):
+    """float64 models (tests/tolerance.py, rule 3): resumed and uninterrupted differ only by float32 loss rounding."""
+    from transformers import TrainerCallback
+
+    class StopAt2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    def run(folder, callbacks=(), resume=None):
+        teacher, student = causal_lm_pair()
+        trainer = hfkd.DistillationTrainer(
+            model=student.double(), teacher_model=teacher.double(), train_dataset=prompt_data(),
+            processing_class=tiny_lm_tokenizer(), callbacks=list(callbacks),
+            args=config(folder, lmbda=0.5, max_steps=4, save_strategy="steps", save_steps=2,
+                        per_device_train_batch_size=2, learning_rate=1e-3))
+        trainer.train(resume_from_checkpoint=resume)
+        return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+    uninterrupted = run(tmp_path / "a")
+    run(tmp_path / "b", callbacks=[StopAt2()])
+    resumed = run(tmp_path / "b", resume=True)
+    assert torch.allclose(resumed, uninterrupted, rtol=0, atol=1e-5)
+    assert not torch.allclose(resumed, run(tmp_path / "c", callbacks=[StopAt2()]), rtol=0, atol=1e-5)
