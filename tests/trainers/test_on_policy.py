@@ -284,3 +284,15 @@ def test_a_resumed_run_samples_what_the_uninterrupted_one_did(tmp_path):
     resumed = run(tmp_path / "b", resume=True)
     assert torch.allclose(resumed, uninterrupted, rtol=0, atol=1e-5)
     assert not torch.allclose(resumed, run(tmp_path / "c", callbacks=[StopAt2()]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fsdp,zero_stage", [(False, 3), (True, None)])
+def test_zero3_and_fsdp_are_refused_saying_why(tmp_path, fsdp, zero_stage):
+    from types import SimpleNamespace
+
+    trainer = trainer_for(tmp_path)
+    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
+    engine = SimpleNamespace(accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)),
+                             is_fsdp_enabled=fsdp, teachers_side=trainer.teachers_side)
+    with pytest.raises(DistillationSetupError, match="would gather every layer's weights per generated token"):
+        trainer.on_policy.check_engine(engine)
