@@ -323,4 +323,14 @@ def on_policy_setup(trainer: Any, model: nn.Module, args: Any, trainer_args: tup
     fallback = kwargs.get("data_collator") or (
         DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator)
     kwargs.update(train_dataset=on_policy.dataset, data_collator=PromptCollator(on_policy.pad_token_id, fallback))
+    evaluation = kwargs.get("eval_dataset")
+    if isinstance(evaluation, dict):
+        kwargs["eval_dataset"] = {name: _tokenized_if_prompts(data, tokenizer) for name, data in evaluation.items()}
+    elif evaluation is not None:
+        kwargs["eval_dataset"] = _tokenized_if_prompts(evaluation, tokenizer)
     return on_policy, (), kwargs
+
+
+def _tokenized_if_prompts(dataset: Any, tokenizer: Any) -> Any:
+    """An evaluation set of prompts + completions: tokenized like the training prompts (its loss is on the completions)."""
+    return tokenize_prompts(dataset, tokenizer) if is_prompt_dataset(dataset) else dataset

@@ -296,3 +296,13 @@ def test_zero3_and_fsdp_are_refused_saying_why(tmp_path, fsdp, zero_stage):
                              is_fsdp_enabled=fsdp, teachers_side=trainer.teachers_side)
     with pytest.raises(DistillationSetupError, match="would gather every layer's weights per generated token"):
         trainer.on_policy.check_engine(engine)
+
+
+def test_a_prompt_eval_set_measures_the_loss_on_its_completions(tmp_path):
+    teacher, student = causal_lm_pair()
+    trainer = hfkd.DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path),
+                                       train_dataset=prompt_data(), eval_dataset=prompt_data(),
+                                       processing_class=tiny_lm_tokenizer())
+    metrics = trainer.evaluate()
+    # A random 100-token LM: its loss on the completions is near log(100), far from 0.
+    assert 0.5 * math.log(100) < metrics["eval_loss"] < 2 * math.log(100)
