@@ -57,6 +57,7 @@ def check_on_policy_settings(args: Any) -> None:
 
 
 def is_prompt_dataset(dataset: Any) -> bool:
+    """Whether a dataset holds prompts (text, chat or tokenized) rather than token-level LM rows."""
     columns = set(getattr(dataset, "column_names", None) or ())
     return bool(columns & {"prompt", "messages", PROMPT_IDS})
 
@@ -139,7 +140,8 @@ def completion_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, comple
     inside = source < width
     source = source.clamp(max=width - 1)
     mask = mask.gather(1, source) * inside
-    return {"input_ids": ids.gather(1, source).masked_fill(mask == 0, pad_token_id), "attention_mask": mask, "labels": labels.gather(1, source).masked_fill(mask == 0, -100)}
+    return {"input_ids": ids.gather(1, source).masked_fill(mask == 0, pad_token_id), "attention_mask": mask,
+            "labels": labels.gather(1, source).masked_fill(mask == 0, -100)}
 
 
 class PromptCollator:
