@@ -13,7 +13,7 @@ from typing import Any
 
 import datasets
 
-from hfkd.app.task_data import DataArguments, DataError
+from hfkd.app.task_data import DataArguments, DataError, _subsample
 from hfkd.trainers.on_policy import COMPLETION_IDS, tokenize_prompts
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,11 @@ def is_prompt_data(raw: datasets.DatasetDict, data_args: DataArguments) -> bool:
 
 
 def prepare_prompt_datasets(raw: datasets.DatasetDict, tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:
-    """Each split's prompts (their first `max_seq_length` tokens) and reference completions, tokenized;
-    an evaluation split needs completions."""
-    prepared = {}
-    for split, dataset in raw.items():
-        dataset = _standard_columns(dataset, split, data_args)
-        prepared[split] = tokenize_prompts(dataset, tokenizer, max_prompt_length=data_args.max_seq_length)
+    """Each split's prompts (their first `max_seq_length` tokens) and reference completions, tokenized,
+    subsampled like other data (`max_train_samples`, `max_eval_samples`); an evaluation split needs completions."""
+    standard = datasets.DatasetDict({split: _standard_columns(data, split, data_args) for split, data in raw.items()})
+    prepared = {split: tokenize_prompts(data, tokenizer, max_prompt_length=data_args.max_seq_length)
+                for split, data in _subsample(standard, data_args).items()}
     validation = prepared.get("validation")
     if validation is not None and COMPLETION_IDS not in validation.column_names:
         logger.warning("The validation prompts have no completions, so there is no loss to evaluate: skipping eval.")

@@ -35,7 +35,9 @@ def test_text_file_prompts_train_on_policy_and_the_student_generates(tmp_path, t
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("t5 t6 t7 t8 t9\n\nt10 t11\nt12 t13 t14\n")
     main(run_distillation, flags(tmp_path, teacher_dir, prompts, "--prompt_column", "text", "--lmbda", "1",
-                                 "--kd_loss", "reverse_kl", "--max_seq_length", "3"))
+                                 "--kd_loss", "reverse_kl", "--max_seq_length", "3", "--max_train_samples", "2"))
+    state = json.loads((tmp_path / "student" / "trainer_state.json").read_text())
+    assert state["num_train_epochs"] == 2  # 2 prompts (of 3 non-blank lines), batch 2, 2 steps: 2 epochs
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
     assert student.config.num_hidden_layers == 2
     out = student.generate(tiny_lm_tokenizer()("t5 t6", return_tensors="pt")["input_ids"], max_new_tokens=3,
