@@ -26,6 +26,7 @@ from hfkd.objective.relations import parse_relations
 from hfkd.objective.schedules import SCHEDULES, check_schedule_settings
 from hfkd.objective.stages import loss_weights_at, parse_stages, stage_unit, total_length
 from hfkd.objective.terms import TERMS, check_weights
+from hfkd.trainers.on_policy import check_on_policy_settings
 
 LAYER_MAPPING_STRATEGIES = ("uniform", "pkd_skip", "last", "skip")
 
@@ -224,6 +225,21 @@ class DistillationConfig(TrainingArguments):
         f"Published recipe whose distillation settings fill the fields left at their default: "
         f"{sorted(PRESETS)} (hfkd.objective.presets names each paper).",
     )
+    lmbda: float = option(
+        0.0,
+        "On-policy distillation (GKD): the share of optimizer steps trained on completions the student "
+        "samples for the dataset's prompts (0 = off-policy, 1 = always on-policy); see hfkd.trainers.on_policy.",
+    )
+    seq_kd: bool = option(
+        False,
+        "Sequence-level KD: the steps not on student samples train on completions the (first) teacher "
+        "generates instead of the dataset's.",
+    )
+    max_new_tokens: int = option(128, "With lmbda > 0 or seq_kd: the most tokens a generated completion has.")
+    generation_temperature: float = option(
+        1.0, "Sampling temperature of generated completions (0 = greedy); the KD term keeps `temperature`.")
+    generation_top_p: float = option(1.0, "Nucleus sampling threshold of generated completions (1 = off).")
+    generation_top_k: int = option(0, "Top-k sampling of generated completions (0 = off).")
     report_at_end: bool = option(
         False,
         "After training, measure teacher and student (size, score, latency, distillation "
@@ -334,6 +350,7 @@ class DistillationConfig(TrainingArguments):
                 "(a temperature_schedule works with stages)."
             )
         check_teacher_weights(self.teacher_weights, self.teacher_combination, self.kd_loss)
+        check_on_policy_settings(self)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> DistillationConfig:

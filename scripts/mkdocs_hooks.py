@@ -21,6 +21,7 @@ GROUPS = [
     ("Teacher cache", lambda n: n.startswith("teacher_cache")),
     ("Teacher", lambda n: n.startswith("teacher_")),
     ("Schedules, stages and presets", lambda n: n.endswith(("_schedule", "_end")) or n in ("stages", "preset")),
+    ("On-policy LM distillation", lambda n: n in ("lmbda", "seq_kd", "max_new_tokens") or n.startswith("generation_")),
     ("Report", lambda n: n.startswith("report_")),
     ("PEFT", lambda n: True),
 ]

@@ -115,3 +115,40 @@ def make_text_classification_workspace(root: Path) -> Path:
         rows = ["text,label"] + [f"{words[LABELS[i % 6]]} {i},{LABELS[i % 6]}" for i in range(n)]
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+LM_WORDS = [f"t{i}" for i in range(5, VOCAB)]
+
+
+def causal_lm_pair(kind: str = "llama", seed: int = 0, positions: int = 64):
+    """A tiny random 4-layer causal-LM teacher (Llama or GPT-2; eos 1, pad 0) and a 2-layer student copied from it."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    import hfkd
+
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        teacher = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=positions, n_embd=32, n_layer=4, n_head=4,
+                                             eos_token_id=1, bos_token_id=1, pad_token_id=0))
+    else:
+        teacher = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                               max_position_embeddings=positions, eos_token_id=1, bos_token_id=None,
+                                               pad_token_id=0))
+    return teacher, hfkd.create_student(teacher, num_layers=2)
+
+
+def tiny_lm_tokenizer(chat_template: bool = True):
+    """A word-level tokenizer over the tiny LM vocabulary ('<pad>' 0, '<eos>' 1, words 't5'...'t99')."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "<user>": 3, "<assistant>": 4,
+             **{word: i for i, word in enumerate(LM_WORDS, start=5)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    if chat_template:
+        tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+                                   "{% if add_generation_prompt %}<assistant> {% endif %}")
+    return tokenizer

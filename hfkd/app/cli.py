@@ -12,6 +12,7 @@
     hfkd trim-vocab --model DIR --texts FILE_OR_CONFIG [...] --output_dir OUT [--eval_texts ...]
                                    (keep only the tokens the texts use: a smaller embedding, same outputs on them)
     hfkd predict  --model OUT --text "..." [--text ...] [--file F]   (labels and probabilities, ONNX Runtime)
+    hfkd convert-gguf --gguf_file F.gguf --output_dir DIR   (a GGUF causal LM -> a plain safetensors folder)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TOOL_COMMANDS = {
     "export": ("hfkd.app.export_cli", "export_main"),
     "predict": ("hfkd.app.export_cli", "predict_main"),
     "trim-vocab": ("hfkd.app.trim_vocab", "main"),
+    "convert-gguf": ("hfkd.app.gguf_cli", "main"),
 }
 COMMANDS = (*RECIPE_COMMANDS, *TOOL_COMMANDS)
 

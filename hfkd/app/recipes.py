@@ -20,6 +20,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, Tr
 
 from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, merged_copy
 from hfkd.app.arguments import ModelArguments, parse_args
+from hfkd.app.prompt_data import is_prompt_data, prepare_prompt_datasets
+from hfkd.trainers.on_policy import on_policy_enabled
 from hfkd.io import recover, staged
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.app.task_data import (
@@ -49,9 +51,10 @@ def task_model_class(task: str):
 
 
 def prepare_task_data(
-    task: str, raw: Any, tokenizer: Any, data_args: DataArguments, model_config: Any = None
+    task: str, raw: Any, tokenizer: Any, data_args: DataArguments, model_config: Any = None, prompts: bool = False
 ) -> tuple[Any, list[str] | None]:
-    """Tokenized splits for `task`, and the label names by id (classification tasks)."""
+    """Tokenized splits for `task`, and the label names by id (classification tasks); `prompts`: the
+    causal-LM data are prompts to generate from (on-policy / seq_kd), which prompt columns also imply."""
     if task == "sequence_classification":
         label2id = None
         if model_config is not None and not is_default_labels(model_config.id2label):
@@ -66,6 +69,8 @@ def prepare_task_data(
             )
         labels = [model_config.id2label[i] for i in range(len(model_config.id2label))]
         return prepare_token_classification_datasets(raw, tokenizer, data_args, labels), labels
+    if task == "causal_lm" and (prompts or is_prompt_data(raw, data_args)):  # on-policy / seq_kd distillation
+        return prepare_prompt_datasets(raw, tokenizer, data_args), None
     return prepare_lm_datasets(raw, tokenizer, data_args, task=task), None
 
 
@@ -194,6 +199,8 @@ def use_eos_for_padding(tokenizer: Any, *models: PreTrainedModel) -> None:
 
 def load_tokenizer(path: str, trust_remote_code: bool) -> Any:
     """The tokenizer saved with a checkpoint; an adapter folder saved without one: its base model's."""
+    if path.endswith(".gguf"):  # the tokenizer is built from the file's metadata (slow: convert-gguf once)
+        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     if is_adapter_folder(path) and not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
         path = adapter_base_path(path)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -309,7 +316,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     teachers, tokenizer = load_teachers(model_args, args, "distillation")
     teacher = teachers[0]
     raw = load_raw_datasets(data_args)
-    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config)
+    datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config, on_policy_enabled(args))
     match_teacher_labels(teachers, labels)
     student = build_student(model_args, teacher, task, datasets.get("train"), args.seed)
     check_sequence_length(data_args, *teachers, student)

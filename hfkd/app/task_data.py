@@ -108,6 +108,12 @@ class DataArguments:
         "Language modelling: tokens per training block. Default: max_seq_length.",
     )
     mlm_probability: float = option(0.15, "Masked language modelling: fraction of tokens to mask.")
+    prompt_column: Optional[str] = option(
+        None,
+        "Causal LM on-policy/seq_kd distillation: the column holding prompts ('text' for a .txt file, one "
+        "prompt per line). A 'prompt' or chat 'messages' column is found without it (hfkd.app.prompt_data).",
+    )
+    completion_column: Optional[str] = option(None, "Reference completions of the prompts (default: 'completion').")
     preprocessing_num_workers: Optional[int] = option(None, "Processes for tokenization (datasets.map num_proc).")
     validation_split_name: str = option(
         "validation",

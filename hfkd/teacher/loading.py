@@ -84,6 +84,12 @@ def load_trained_teacher(auto_class: Any, path: str, **kwargs: Any) -> nn.Module
     """
     if os.path.isdir(path) and is_adapter_folder(path):
         return load_pretrained(auto_class, path, **kwargs)
+    if path.endswith(".gguf") or kwargs.get("gguf_file"):  # a GGUF file: its head is in the file
+        from hfkd.teacher.gguf import load_gguf_model, split_gguf_path
+
+        folder, name = split_gguf_path(path) if path.endswith(".gguf") else (path, kwargs.pop("gguf_file"))
+        kwargs.pop("gguf_file", None)
+        return load_gguf_model(auto_class, folder, name, **kwargs)
     model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
     if model.base_model is model:  # a bare encoder (AutoModel): no head to check, a missing pooler is usual
         return model

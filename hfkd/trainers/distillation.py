@@ -34,6 +34,7 @@ from hfkd.teacher.cache import (
 )
 from hfkd.teacher.teachers import Teachers
 from hfkd.trainers.base import DistillationTrainerBase, Terms
+from hfkd.trainers.on_policy import ON_POLICY_COLUMNS, on_policy_setup
 
 
 class DistillationTrainer(DistillationTrainerBase):
@@ -78,6 +79,7 @@ class DistillationTrainer(DistillationTrainerBase):
         self.cached = has_teacher_cache(train_dataset)
         self.teachers_side = Teachers(sources, model, args, trainer_kwargs.get("processing_class"),
                                       teacher_processing_class, needed=args.needs_teacher)
+        self.on_policy, trainer_args, trainer_kwargs = on_policy_setup(self, model, args, trainer_args, trainer_kwargs)
         model = wrap_student(model, peft_config)
         if args.merge_adapter_on_save and not is_peft_model(model):
             raise ValueError(
@@ -167,7 +169,7 @@ class DistillationTrainer(DistillationTrainerBase):
 
     def signature_columns(self, columns: list[str]) -> list[str]:
         # Keep the cached teacher columns, which remove_unused_columns would drop: no forward takes them.
-        return columns + [c for c in CACHE_COLUMNS if c not in columns]
+        return columns + [c for c in (*CACHE_COLUMNS, *ON_POLICY_COLUMNS) if c not in columns]
 
     # ------------------------------------------------------------------ loss
 
@@ -180,6 +182,7 @@ class DistillationTrainer(DistillationTrainerBase):
                 if key.startswith("alpha_")}
 
     def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
+        inputs, num_items_in_batch = self.on_policy.batch(self, model, inputs, num_items_in_batch)  # on-policy/seq_kd
         weights = self.current_loss_weights()
         active = self.objective.active(weights)
         needs = self.objective.requests(active)
@@ -227,7 +230,7 @@ class DistillationTrainer(DistillationTrainerBase):
         if self.args.stages:  # 1-based stage of the last step logged
             last_step = max(self.state.global_step - 1, 0)
             logs["stage"] = 1 + stage_index(self.args.stages, last_step, self.state.max_steps)
-        return logs
+        return {**logs, **self.on_policy.logs()}
 
     # ------------------------------------------------------------------ optimizer, saving, resuming
 

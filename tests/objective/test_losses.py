@@ -115,6 +115,27 @@ def test_jsd_matches_scipy_and_limits():
     )
 
 
+def test_jsd_tends_to_forward_and_reverse_kl_near_its_ends():
+    """Near beta = 0, GKD's JSD(beta)/beta = KL(p_t||p_s) - beta chi2/2 + beta^2 S3/6 + O(beta^3), with x = p_t/p_s - 1,
+    chi2 = sum p_s x^2, S3 = sum p_s x^3 (Taylor expansion of both KLs to the mixture); mirrored near 1 with
+    reverse KL. So the ends computed exactly (beta 0/1 -> kl/reverse_kl) are the continuous limits."""
+    s, t = _logits(5, 6), _logits(5, 6, seed=1)
+    sizes = _kd_sizes(s, t, 1.0).sum() / 5
+    for log_a, log_b, beta, limit in (
+        (*(_log_softmax64(x)[0] for x in (t, s)), 0.05, losses.kl_loss),
+        (*(_log_softmax64(x)[0] for x in (s, t)), 0.95, losses.reverse_kl_loss),
+    ):
+        near = min(beta, 1 - beta)
+        x = (log_a - log_b).exp() - 1
+        chi2 = (log_b.exp() * x**2).sum(-1).mean().item()
+        third = (log_b.exp() * x.abs() ** 3).sum(-1).mean().item()
+        value = losses.jsd_loss(s, t, 1.0, beta=beta, scale_by_t2=False).item() / near
+        expected = limit(s, t, 1.0, scale_by_t2=False).item() - near * chi2 / 2
+        # The beta^2 term, twice over for the rest of the series, and float32 rounding divided by `near`.
+        assert value == pytest.approx(expected, abs=2 * near**2 * third / 6 + 2 * float32_bound(sizes, n=6) / near)
+        assert abs(value - limit(s, t, 1.0, scale_by_t2=False).item()) > near * chi2 / 4  # the beta term is seen
+
+
 def test_soft_ce_is_kl_plus_teacher_entropy():
     s, t = _logits(4, 3), _logits(4, 3, seed=1)
     kl, sizes = _kl64(s, t)

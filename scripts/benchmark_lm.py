@@ -1,0 +1,366 @@
+"""Language-model distillation, off- and on-policy, and TRL's on-policy DistillationTrainer on the same work.
+
+    python scripts/benchmark_lm.py --teacher /work/teachers/smollm2 [--steps 30 --batch 4 --layers 10]
+
+Teacher: SmolLM2-135M-Instruct (a folder converted from the GGUF file by `hfkd convert-gguf`). Student:
+`create_student(teacher, num_layers=--layers)` (copied Llama layers), fresh for every variant. Data:
+WikiText-2 `valid.txt` paragraphs (headings left out): the prompt is a paragraph's first
+`--prompt_words` words, the reference completion its next `--completion_tokens` tokens. Every variant
+sees the same token budget: `--steps` optimizer steps of `--batch` prompts with `--completion_tokens`
+completion tokens each, the loss on completion tokens only:
+
+- `no_teacher`: the student's LM loss on the reference completions (alpha_ce=1, no teacher);
+- `off_policy_kl`: forward KL(teacher‖student) on the reference completions, full 49k-vocabulary logits;
+- `topk_cached`: the same from a top-k (k=`--top_k`) teacher cache built once beforehand (build time reported);
+- `on_policy_rkl`: lmbda=1, reverse KL on completions the student samples (temperature 1);
+- `mix`: lmbda=0.5, generalized JSD (beta 0.5), the other half on the reference completions;
+- `trl_on_policy`: TRL's `DistillationTrainer` (beta=1: reverse KL) on the same prompts, students,
+  completion length, batch, learning rate and sampling.
+
+Metrics per variant: median seconds per optimizer step (steps 3.. onward), peak resident memory of its
+process (model loading included) and what training adds above the loaded models, WikiText-2 test perplexity (first `--eval_tokens` tokens of
+`test.txt`, blocks of 256), and the mean per-token KL(teacher‖student) on `--kl_prompts` held-out
+prompts (`test.txt` paragraph openings) continued by the teacher (sampled once, seeded). The on-policy
+step's floor is timed alone: student generation, teacher forward, student forward+backward+AdamW step.
+Writes JSON and Markdown (`--output`). A few dozen steps cannot judge quality; the step-time ratios can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Any
+
+from benchmarking import (  # first: it sets up the environment transformers reads on import
+    DATA_DIR, _reset_peak_rss, _status_kb, durations, in_child, now, quiet_libraries, write_results)
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback
+
+import hfkd
+from hfkd.report.render import markdown_table
+from hfkd.teacher.cache import build_teacher_cache
+from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
+
+HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "topk_cached", "on_policy_rkl", "mix")
+VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
+ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
+SETTINGS = {
+    "no_teacher": {"alpha_ce": 1.0, "alpha_kd": 0.0},
+    "off_policy_kl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
+    "topk_cached": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
+    "on_policy_rkl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "reverse_kl", "lmbda": 1.0},
+    "mix": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "jsd", "jsd_beta": 0.5, "lmbda": 0.5},
+}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="/work/teachers/smollm2")
+    parser.add_argument("--layers", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--prompt_words", type=int, default=24)
+    parser.add_argument("--completion_tokens", type=int, default=32)
+    parser.add_argument("--top_k", type=int, default=50)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--eval_tokens", type=int, default=8192)
+    parser.add_argument("--kl_prompts", type=int, default=16)
+    parser.add_argument("--floor_reps", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", default=os.path.join("benchmarks", "lm.json"))
+    options = parser.parse_args()
+    options.variants = [v for v in options.variants.split(",") if v]
+    unknown = set(options.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    return options
+
+
+# ---------------------------------------------------------------- data
+
+
+def paragraphs(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle]
+    return [line for line in lines if line and not line.startswith("=")]
+
+
+def prompt_rows(texts: list[str], tokenizer: Any, options: argparse.Namespace) -> list[dict[str, Any]]:
+    """Paragraph openings (first `prompt_words` words) with their next `completion_tokens` tokens."""
+    rows = []
+    for text in texts:
+        words = text.split()
+        if len(words) < options.prompt_words * 3:
+            continue
+        prompt = " ".join(words[: options.prompt_words])
+        rest = tokenizer(" " + " ".join(words[options.prompt_words:]), add_special_tokens=False)["input_ids"]
+        if len(rest) >= options.completion_tokens:
+            rows.append({"prompt": prompt, PROMPT_IDS: tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                         COMPLETION_IDS: rest[: options.completion_tokens]})
+    return rows
+
+
+def lm_rows(rows: list[dict[str, Any]]) -> Dataset:
+    """The same prompts + completions as a plain causal-LM dataset, the loss on completion tokens only."""
+    return Dataset.from_dict({
+        "input_ids": [r[PROMPT_IDS] + r[COMPLETION_IDS] for r in rows],
+        "labels": [[-100] * len(r[PROMPT_IDS]) + r[COMPLETION_IDS] for r in rows]})
+
+
+class Workload:
+    """What every variant shares, built once in the parent (forked children inherit it)."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.tokenizer = AutoTokenizer.from_pretrained(options.teacher)
+        self.tokenizer.padding_side = "right"
+        wiki = os.path.join(DATA_DIR, "wikitext2")
+        needed = options.steps * options.batch
+        self.train_rows = prompt_rows(paragraphs(os.path.join(wiki, "valid.txt")), self.tokenizer, options)[:needed]
+        if len(self.train_rows) < needed:
+            raise SystemExit(f"only {len(self.train_rows)} WikiText-2 paragraphs are long enough; lower --steps")
+        test = paragraphs(os.path.join(wiki, "test.txt"))
+        self.kl_rows = prompt_rows(test, self.tokenizer, options)[: options.kl_prompts]
+        ids = self.tokenizer("\n".join(test), add_special_tokens=False)["input_ids"][: options.eval_tokens]
+        self.eval_blocks = torch.tensor(ids[: len(ids) // 256 * 256]).view(-1, 256)
+        teacher = self.teacher()
+        self.kl_sequences, self.kl_prompt_lengths, self.kl_teacher_logp = teacher_continuations(
+            teacher, self.kl_rows, self.tokenizer, options)
+        self.teacher_perplexity = perplexity(teacher, self.eval_blocks)
+
+    def teacher(self) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(self.options.teacher, dtype=torch.float32).eval()
+
+    def student(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        torch.manual_seed(self.options.seed)
+        return hfkd.create_student(teacher, num_layers=self.options.layers)
+
+    def prompts(self) -> Dataset:
+        return Dataset.from_list([{k: r[k] for k in (PROMPT_IDS, COMPLETION_IDS)} for r in self.train_rows])
+
+
+def teacher_continuations(teacher: torch.nn.Module, rows: list[dict], tokenizer: Any,
+                          options: argparse.Namespace) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor]]:
+    """Held-out prompts continued by the teacher (sampled at temperature 1, seeded), and its log-probs on them."""
+    sequences, lengths, log_probs = [], [], []
+    for number, row in enumerate(rows):
+        prompt = torch.tensor([row[PROMPT_IDS]])
+        torch.manual_seed(options.seed + number)
+        with torch.no_grad():
+            out = teacher.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+                                   top_k=0, top_p=1.0, max_new_tokens=options.completion_tokens,
+                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            logits = teacher(out).logits[0, prompt.shape[1] - 1: -1]
+        sequences.append(out)
+        lengths.append(prompt.shape[1])
+        log_probs.append(torch.log_softmax(logits.float(), -1))
+    return sequences, lengths, log_probs
+
+
+def held_out_kl(student: torch.nn.Module, work: Workload) -> float:
+    """Mean per-token KL(teacher‖student) over the teacher's held-out continuations."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for sequence, length, teacher_logp in zip(work.kl_sequences, work.kl_prompt_lengths, work.kl_teacher_logp):
+            student_logp = torch.log_softmax(student(sequence).logits[0, length - 1: -1].float(), -1)
+            total += float((teacher_logp.exp() * (teacher_logp - student_logp)).sum())
+            tokens += teacher_logp.shape[0]
+    return total / max(tokens, 1)
+
+
+def perplexity(model: torch.nn.Module, blocks: torch.Tensor) -> float:
+    losses = []
+    with torch.no_grad():
+        for block in blocks:
+            losses.append(float(model(block[None], labels=block[None]).loss))
+    return float(torch.tensor(losses).mean().exp())
+
+
+# ---------------------------------------------------------------- runs
+
+
+class StepClock(TrainerCallback):
+    """(wall, CPU) stamps at every optimizer step's end (the first is the training start)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[tuple[float, float]] = []
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.stamps.append(now())
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.stamps.append(now())
+
+
+def common_args(options: argparse.Namespace, output_dir: str) -> dict[str, Any]:
+    return {"output_dir": output_dir, "max_steps": options.steps, "per_device_train_batch_size": options.batch,
+            "learning_rate": options.learning_rate, "lr_scheduler_type": "constant", "save_strategy": "no",
+            "report_to": [], "disable_tqdm": True, "logging_steps": max(options.steps // 5, 1), "seed": options.seed,
+            "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0}
+
+
+def run_variant(name: str, work: Workload, cache: Any) -> dict[str, Any]:
+    options = work.options
+    teacher = work.teacher()
+    student = work.student(teacher)
+    clock = StepClock()
+    output_dir = os.path.join("/tmp", f"hfkd_bench_lm_{name}")
+    if name == "trl_on_policy":
+        trainer = trl_trainer(student, teacher, work, output_dir)
+    else:
+        args = hfkd.DistillationConfig(**common_args(options, output_dir), temperature=1.0,
+                                       max_new_tokens=options.completion_tokens, generation_temperature=1.0,
+                                       **SETTINGS[name])
+        if name in ("on_policy_rkl", "mix"):
+            data, collator = work.prompts(), None
+        else:
+            data = cache if name == "topk_cached" else lm_rows(work.train_rows)
+            collator = DataCollatorForSeq2Seq(work.tokenizer, padding=True, label_pad_token_id=-100)
+        uses_teacher = name not in ("no_teacher", "topk_cached")
+        trainer = hfkd.DistillationTrainer(model=student, teacher_model=teacher if uses_teacher else None, args=args,
+                                           train_dataset=data, data_collator=collator,
+                                           processing_class=work.tokenizer)
+    trainer.add_callback(clock)
+    baseline = _reset_peak_rss()  # models loaded: what training itself adds is measured from here
+    trainer.train()
+    train_peak = (_status_kb("VmHWM") - baseline) / 1024
+    steps = durations(clock.stamps, max(options.steps - 2, 1))
+    student.eval()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    lengths = [h[key] for h in logs for key in ("completion_length", "completions/mean_length") if key in h]
+    return {"variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
+            "completion_length": round(statistics.mean(lengths), 1) if lengths else "–", "train_peak_mb": train_peak,
+            "step_seconds": steps["step_seconds"], "perplexity": perplexity(student, work.eval_blocks),
+            "held_out_kl": held_out_kl(student, work), "train_logs": logs}
+
+
+def trl_trainer(student: torch.nn.Module, teacher: torch.nn.Module, work: Workload, output_dir: str) -> Any:
+    import trl
+
+    options = work.options
+    args = trl.DistillationConfig(**common_args(options, output_dir), max_completion_length=options.completion_tokens,
+                                  temperature=1.0, top_p=1.0, top_k=0, beta=1.0)
+    prompts = Dataset.from_dict({"prompt": [r["prompt"] for r in work.train_rows]})
+    return trl.DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=prompts,
+                                   processing_class=work.tokenizer)
+
+
+def on_policy_floor(work: Workload) -> dict[str, float]:
+    """The on-policy step's parts, each timed alone (median of `floor_reps`): student generation of
+    `completion_tokens` tokens, teacher forward on prompt + completion, student forward + backward + AdamW step."""
+    options = work.options
+    teacher = work.teacher()
+    student = work.student(teacher)
+    tokenizer = work.tokenizer
+    rows = work.train_rows[: options.batch]
+    width = max(len(r[PROMPT_IDS]) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt = torch.tensor([[pad] * (width - len(r[PROMPT_IDS])) + r[PROMPT_IDS] for r in rows])
+    mask = (torch.arange(width)[None] >= torch.tensor([[width - len(r[PROMPT_IDS])] for r in rows])).long()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=options.learning_rate)
+    parts: dict[str, list[float]] = {"generation": [], "teacher_forward": [], "student_forward_backward_step": []}
+    for rep in range(options.floor_reps + 1):
+        student.eval()
+        started = now()
+        with torch.no_grad():
+            out = student.generate(prompt, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                   max_new_tokens=options.completion_tokens,
+                                   min_new_tokens=options.completion_tokens, pad_token_id=pad)
+        generated = now()
+        full_mask = torch.cat([mask, torch.ones_like(out[:, width:])], 1)
+        with torch.inference_mode():
+            teacher_logits = teacher(out, attention_mask=full_mask).logits[:, width - 1: -1]
+        scored = now()
+        student.train()
+        logits = student(out, attention_mask=full_mask).logits[:, width - 1: -1]
+        log_s = torch.log_softmax(logits.float(), -1)
+        log_t = torch.log_softmax(teacher_logits.clone().float(), -1)
+        (log_s.exp() * (log_s - log_t)).sum(-1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        trained = now()
+        if rep:  # the first repetition warms up
+            for key, (a, b) in zip(parts, ((started, generated), (generated, scored), (scored, trained))):
+                parts[key].append(b[0] - a[0])
+    floor = {key: statistics.median(values) for key, values in parts.items()}
+    floor["total"] = sum(floor.values())
+    return floor
+
+
+# ---------------------------------------------------------------- report
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else "–"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    runs, floor = results["runs"], results.get("floor")
+    trl_step = runs.get("trl_on_policy", {}).get("step_seconds_median")
+    plain = runs.get("no_teacher", {})
+    rows = []
+    for name, run in runs.items():
+        step, on_policy = run["step_seconds_median"], name in ON_POLICY
+        rows.append([name, f"{run['perplexity']:.1f}", f"{run['held_out_kl']:.3f}", f"{step:.2f}",
+                     ratio(step, plain.get("step_seconds_median")),
+                     ratio(step, floor["total"] if floor and on_policy else None),
+                     ratio(step, trl_step if on_policy else None), f"{run['peak_memory_mb']:.0f}",
+                     f"{run['train_peak_mb']:.0f}", ratio(run["train_peak_mb"], plain.get("train_peak_mb")),
+                     run.get("completion_length", "–")])
+    table = markdown_table(["variant", "test ppl", "held-out KL", "s/step", "× no-teacher step", "× floor", "× TRL",
+                            "process peak MB", "training adds MB", "× no-teacher", "completion tokens"], rows)
+    lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f}; {results['settings']}; {results['device']}.", "",
+             table]
+    if floor:
+        lines += ["", "On-policy step floor (each part alone, median s): " + ", ".join(
+            f"{key} {value:.2f}" for key, value in floor.items())]
+    if "cache_build_seconds" in results:
+        lines.append(f"Top-{results['settings']['top_k']} cache built once in {results['cache_build_seconds']:.1f} s.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    options = parse()
+    quiet_libraries()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    work = Workload(options)
+    results: dict[str, Any] = {
+        "settings": {k: getattr(options, k) for k in ("layers", "steps", "batch", "prompt_words", "completion_tokens",
+                                                      "top_k", "learning_rate", "eval_tokens", "kl_prompts", "seed")},
+        "device": f"{cpu_name()}, {torch.get_num_threads()} threads" + (
+            f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "teacher_perplexity": work.teacher_perplexity, "runs": {}}
+    cache = None
+    if "topk_cached" in options.variants:
+        started = time.perf_counter()
+        cache = build_teacher_cache(work.teacher(), lm_rows(work.train_rows),
+                                    DataCollatorForSeq2Seq(work.tokenizer, padding=True), "/tmp/hfkd_bench_lm_cache",
+                                    batch_size=options.batch, top_k=options.top_k, temperature=1.0)
+        results["cache_build_seconds"] = time.perf_counter() - started
+    results["floor"] = in_child(on_policy_floor, work)
+    print("floor", results["floor"], flush=True)
+    for name in options.variants:
+        results["runs"][name] = in_child(run_variant, name, work, cache)
+        run = results["runs"][name]
+        print(f"{name}: ppl {run['perplexity']:.1f} KL {run['held_out_kl']:.3f} "
+              f"{run['step_seconds_median']:.2f} s/step", flush=True)
+        write_results(options.output, results, markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
