@@ -113,7 +113,7 @@ def build_teacher_cache(
             layout.prepare()
         barrier()
         todo = layout.missing()
-        _announce(layout, todo, row_bytes, dataset, top_k, temperature)
+        _announce(layout, todo, row_bytes, dataset, top_k, temperature, log=rank == 0)
         barrier()  # every process has listed the missing shards before any is written
         outputs = _logit_outputs if top_k is None else partial(_top_k_outputs, top_k=top_k, temperature=temperature)
         started = time.perf_counter()
@@ -137,15 +137,16 @@ def build_teacher_cache(
 
 
 def _announce(layout: CacheLayout, todo: list[int], row_bytes: np.ndarray, dataset: datasets.Dataset,
-              top_k: int | None, temperature: float | None) -> None:
+              top_k: int | None, temperature: float | None, log: bool) -> None:
     """Log the projected size (outputs plus the rows' own columns) and refuse it beyond the free space."""
     input_bytes = dataset.data.nbytes / max(len(dataset.data), 1)
     shard_size = [row_bytes[a:b].sum() + (b - a) * input_bytes for a, b in layout.bounds]
     total, needed = sum(shard_size), sum(shard_size[i] for i in todo)
-    logger.info("Teacher cache: %d rows in %d shard(s) (%d to write), about %.3f GiB of %s (%.3f GiB to write) -> %s",
-                len(dataset), len(layout.bounds), len(todo), total / 2**30,
-                "logits" if top_k is None else f"top-{top_k} log-probabilities (T={temperature})",
-                needed / 2**30, layout.cache_dir)
+    if log:
+        logger.info("Teacher cache: %d rows in %d shard(s) (%d to write), about %.3f GiB of %s (%.3f GiB to write) -> %s",
+                    len(dataset), len(layout.bounds), len(todo), total / 2**30,
+                    "logits" if top_k is None else f"top-{top_k} log-probabilities (T={temperature})",
+                    needed / 2**30, layout.cache_dir)
     check_disk_space(layout.cache_dir, int(needed))
 
 
