@@ -40,6 +40,7 @@ from hfkd.teacher.cache.shards import (
     CacheLayout,
     barrier,
     check_cache_dir,
+    check_same_build,
     check_disk_space,
     plan_shards,
     processes,
@@ -107,6 +108,7 @@ def build_teacher_cache(
     item_bytes = _item_bytes(_output_classes(teachers[0], task) * len(teachers), top_k)
     row_bytes = (lengths if per_position else np.ones_like(lengths)) * item_bytes
     layout = CacheLayout(cache_dir, fingerprint, plan_shards(row_bytes, shard_rows, shard_bytes))
+    check_same_build(layout)
     rank, world = processes()
     if not layout.complete():
         if rank == 0:

@@ -217,6 +217,19 @@ def processes() -> tuple[int, int]:
     return 0, 1
 
 
+def check_same_build(layout: CacheLayout) -> None:
+    """Every process must plan the same shards: else they would write different caches into one folder."""
+    world = processes()[1]
+    if world == 1:
+        return
+    plans: list[Any] = [None] * world
+    torch.distributed.all_gather_object(plans, layout.names)
+    if any(plan != plans[0] for plan in plans):
+        raise TeacherCacheError(
+            "the processes of this teacher cache build disagree on its fingerprint or shards (other data, "
+            "teacher or settings in some process): give every process the same config and data.")
+
+
 def barrier() -> None:
     if processes()[1] > 1:
         torch.distributed.barrier()
