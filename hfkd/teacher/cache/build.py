@@ -109,33 +109,43 @@ def build_teacher_cache(
     row_bytes = (lengths if per_position else np.ones_like(lengths)) * item_bytes
     layout = CacheLayout(cache_dir, fingerprint, plan_shards(row_bytes, shard_rows, shard_bytes))
     check_same_build(layout)
-    rank, world = processes()
-    if not layout.complete():
-        if rank == 0:
-            layout.prepare()
-        barrier()
-        todo = layout.missing()
-        _announce(layout, todo, row_bytes, dataset, top_k, temperature, log=rank == 0)
-        barrier()  # every process has listed the missing shards before any is written
-        outputs = _logit_outputs if top_k is None else partial(_top_k_outputs, top_k=top_k, temperature=temperature)
-        started = time.perf_counter()
-        for index in todo[rank::world]:
-            start, stop = layout.bounds[index]
-            per_teacher = [_run_teacher(t, inputs.select(range(start, stop)), data_collator, lengths[start:stop],
-                                        batch_size, per_position, outputs) for t in teachers]
-            layout.write(index, _with_outputs(dataset.select(range(start, stop)), per_teacher))
-        logger.info("Teacher cache: %d shard(s) written by process %d in %.1f s", len(todo[rank::world]), rank,
-                    time.perf_counter() - started)
-        barrier()
-        if rank == 0:
-            layout.commit()
-        barrier()
-    else:
-        if rank == 0:
+    if layout.complete():
+        if processes()[0] == 0:
             layout.drop_unused()  # left by a kill between writing the manifest and cleaning up
         logger.info("Teacher cache in %s is complete for this teacher, data and settings: nothing to build.",
                     layout.cache_dir)
+    else:
+        outputs = _logit_outputs if top_k is None else partial(_top_k_outputs, top_k=top_k, temperature=temperature)
+        run = partial(_run_teacher, data_collator=data_collator, batch_size=batch_size, per_position=per_position,
+                      outputs=outputs)
+
+        def shard(start: int, stop: int) -> datasets.Dataset:
+            per_teacher = [run(t, inputs.select(range(start, stop)), lengths=lengths[start:stop]) for t in teachers]
+            return _with_outputs(dataset.select(range(start, stop)), per_teacher)
+
+        _write_missing_shards(layout, shard, row_bytes, dataset, top_k, temperature)
     return load_teacher_cache(cache_dir, fingerprint)
+
+
+def _write_missing_shards(layout: CacheLayout, shard: Callable[[int, int], datasets.Dataset], row_bytes: np.ndarray,
+                          dataset: datasets.Dataset, top_k: int | None, temperature: float | None) -> None:
+    """Each process writes its share of the missing shards; the main process then commits the manifest."""
+    rank, world = processes()
+    if rank == 0:
+        layout.prepare()
+    barrier()
+    todo = layout.missing()
+    _announce(layout, todo, row_bytes, dataset, top_k, temperature, log=rank == 0)
+    barrier()  # every process has listed the missing shards before any is written
+    started = time.perf_counter()
+    for index in todo[rank::world]:
+        layout.write(index, shard(*layout.bounds[index]))
+    logger.info("Teacher cache: %d shard(s) written by process %d in %.1f s", len(todo[rank::world]), rank,
+                time.perf_counter() - started)
+    barrier()
+    if rank == 0:
+        layout.commit()
+    barrier()
 
 
 def _announce(layout: CacheLayout, todo: list[int], row_bytes: np.ndarray, dataset: datasets.Dataset,
@@ -145,7 +155,8 @@ def _announce(layout: CacheLayout, todo: list[int], row_bytes: np.ndarray, datas
     shard_size = [row_bytes[a:b].sum() + (b - a) * input_bytes for a, b in layout.bounds]
     total, needed = sum(shard_size), sum(shard_size[i] for i in todo)
     if log:
-        logger.info("Teacher cache: %d rows in %d shard(s) (%d to write), about %.3f GiB of %s (%.3f GiB to write) -> %s",
+        logger.info("Teacher cache: %d rows in %d shard(s) (%d to write), about %.3f GiB of %s "
+                    "(%.3f GiB to write) -> %s",
                     len(dataset), len(layout.bounds), len(todo), total / 2**30,
                     "logits" if top_k is None else f"top-{top_k} log-probabilities (T={temperature})",
                     needed / 2**30, layout.cache_dir)

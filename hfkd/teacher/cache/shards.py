@@ -129,7 +129,8 @@ class CacheLayout:
             raise TeacherCacheError(f"teacher cache in {self.cache_dir}: shards {self.missing()} are missing after "
                                     "the build (another process removed them?): rerun the same command.")
         previous = read_manifest(self.cache_dir)
-        atomic_write(os.path.join(self.cache_dir, FINGERPRINT_NAME), json.dumps(self.manifest(), indent=2, sort_keys=True))
+        manifest = json.dumps(self.manifest(), indent=2, sort_keys=True)
+        atomic_write(os.path.join(self.cache_dir, FINGERPRINT_NAME), manifest)
         if previous is not None and SHARDS_KEY not in previous:  # a one-table cache of an earlier hfkd
             for name in set(os.listdir(self.cache_dir)) - {FINGERPRINT_NAME, SHARDS_DIR}:
                 path = os.path.join(self.cache_dir, name)
@@ -159,8 +160,9 @@ def shard_paths(cache_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> li
         if meta != {"fingerprint": fingerprint, "rows": entry["rows"]}:
             differing = sorted(k for k in set(fingerprint) | set(meta.get("fingerprint", {}))
                                if fingerprint.get(k) != meta.get("fingerprint", {}).get(k)) or ["rows"]
-            raise TeacherCacheError(f"teacher cache in {cache_dir}: shard {entry['name']} does not match the manifest "
-                                    f"({', '.join(differing)} differ: another teacher, tokenizer or data): {REBUILD_HINT}.")
+            raise TeacherCacheError(
+                f"teacher cache in {cache_dir}: shard {entry['name']} does not match the manifest "
+                f"({', '.join(differing)} differ: another teacher, tokenizer or data): {REBUILD_HINT}.")
         paths.append(path)
     return paths
 
