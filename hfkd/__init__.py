@@ -25,6 +25,7 @@ _EXPORTS = {
     "augment_dataset": "hfkd.transfer.augment",
     "register_term": "hfkd.objective.terms",
     "TermContext": "hfkd.objective.terms",
+    "trim_vocabulary": "hfkd.deploy.vocabulary",
 }
 
 __all__ = sorted(_EXPORTS)

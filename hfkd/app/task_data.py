@@ -264,6 +264,21 @@ def prepare_classification_datasets(
     return processed, label_list
 
 
+def texts_of(dataset: datasets.Dataset, split: str, args: DataArguments) -> list[str]:
+    """The texts of a split, the text column's then (for sentence pairs) the pair column's, blank cells left out:
+    what a tokenizer sees of this data (`hfkd trim-vocab` keeps the tokens they use)."""
+    text_column, pair_column = _text_columns(dataset.column_names, args)
+    texts = []
+    for column, option in ((text_column, "text_column"), (pair_column, "text_pair_column")):
+        if column is not None:
+            _require_column(dataset, split, column, option)
+            values = [value for value in dataset[column] if value is not None]
+            if any(not isinstance(value, str) for value in values):
+                raise DataError(f"column {column!r} of the {split} split holds values that are not text: set {option}")
+            texts.extend(text for text in values if text.strip())
+    return texts
+
+
 def check_label_order(data_labels: Sequence[str], model_id2label: Mapping[int, str]) -> None:
     """Refuse to train when a model's named labels are in another order than the data's.
 
