@@ -168,6 +168,12 @@ class DistillationConfig(TrainingArguments):
         "floats per row for an LM). KD then compares the k+1 buckets (kd_loss kl or ce); k = vocab size "
         "is exact. The cache is tied to top_k and temperature: changing either needs a rebuild.",
     )
+    teacher_cache_shard_rows: int = option(
+        4096,
+        "Rows per shard of a teacher cache build (shards also stay under 256 MiB of outputs): the unit "
+        "of work that processes share under accelerate launch, that a killed build resumes from, and "
+        "that the build holds in memory.",
+    )
     nonfinite_loss: str = option(
         "raise",
         "What a NaN/inf loss does: 'raise' stops training naming the step and term (the last "
@@ -293,6 +299,9 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"projection_learning_rate must be > 0, got {self.projection_learning_rate}."
             )
+        if isinstance(self.teacher_cache_shard_rows, bool) or not isinstance(self.teacher_cache_shard_rows, int) \
+                or self.teacher_cache_shard_rows < 1:
+            raise ValueError(f"teacher_cache_shard_rows must be an int >= 1, got {self.teacher_cache_shard_rows!r}.")
         if self.teacher_cache_top_k is not None:
             if isinstance(self.teacher_cache_top_k, bool) or not isinstance(self.teacher_cache_top_k, int) \
                     or self.teacher_cache_top_k < 1:

@@ -463,17 +463,18 @@ def _destroy_process_group() -> None:
 def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args: DistillationConfig) -> dict:
     """Run the teacher once over the train split and save its logits (or top-k) in `teacher_cache_dir`.
 
-    `hfkd distill` with the same config then trains from the cache (see `use_teacher_cache`).
+    `hfkd distill` with the same config then trains from the cache (see `use_teacher_cache`). Under
+    `accelerate launch` every process runs a teacher on its share of the shards; a killed build
+    resumes when the same command runs again.
     """
     from hfkd.teacher.cache import build_teacher_cache
 
     if not args.teacher_cache_dir:
         raise ValueError("cache-teacher needs teacher_cache_dir: set the folder the cache is written to.")
-    if args.world_size > 1:
-        raise ValueError("cache-teacher runs in one process: start it without accelerate launch.")
     task = model_args.task
     teachers, tokenizer = load_teachers(model_args, args, "cache-teacher")
-    datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teachers[0].config)
+    with args.main_process_first(desc="tokenize"):  # one process writes the `datasets` cache files
+        datasets, _ = prepare_task_data(task, load_raw_datasets(data_args), tokenizer, data_args, teachers[0].config)
     use_eos_for_padding(tokenizer, *teachers)
     if "train" not in datasets:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
@@ -486,6 +487,7 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
         top_k=args.teacher_cache_top_k,
         temperature=args.temperature,
         fingerprint_extra=_cache_fingerprint_extra(tokenizer, data_args),
+        shard_rows=args.teacher_cache_shard_rows,
     )
     logger.info("Cached the teacher's outputs for %d rows in %s", len(cache), args.teacher_cache_dir)
     return {"cached_rows": len(cache)}

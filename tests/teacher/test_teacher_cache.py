@@ -158,7 +158,9 @@ def test_cache_keeps_row_order_and_records_its_fingerprint(tmp_path, tokenizer):
             assert_within(torch.tensor(cache[row][TEACHER_LOGITS]), expected, float32_bound(expected.unsqueeze(-1),
                                                                                               n=1, dim=-1))
     stored = json.loads((tmp_path / "cache" / FINGERPRINT_NAME).read_text())
+    shards = stored.pop("shards")
     assert stored == teacher_cache_fingerprint(teacher, data, extra={"max_length": 12})
+    assert [s["rows"] for s in shards] == [[0, 10]]
     assert {"teacher_sha256", "dataset_fingerprint", "top_k", "hfkd_version", "max_length"} <= set(stored)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 
@@ -264,14 +266,15 @@ def test_cache_teacher_command_then_distill_from_the_cache(tmp_path, tokenizer, 
     config = ["--config", str(tmp_path / "c.yaml")] + (["--teacher_cache_top_k", str(top_k)] if top_k else [])
 
     cli(["cache-teacher", *config])
-    assert len(datasets.load_from_disk(str(tmp_path / "cache"))) == 40
+    stored = json.loads((tmp_path / "cache" / FINGERPRINT_NAME).read_text())
+    assert len(load_teacher_cache(tmp_path / "cache", stored)) == 40
     cached = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "cached")])
     online = recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "online"), "--teacher_cache_dir", ""])
     # float64 students (see assert_same_weights), so the bound holds on any CPU (~1e-12 seen).
     assert json.loads((tmp_path / "cached" / "config.json").read_text())["dtype"] == "float64"
     assert cached["eval_loss"] == pytest.approx(online["eval_loss"], abs=1e-5)
     if top_k:  # k = num_labels: exact; the cache is tied to the temperature and to top_k
-        assert "teacher_topk_logprobs" in datasets.load_from_disk(str(tmp_path / "cache")).column_names
+        assert "teacher_topk_logprobs" in load_teacher_cache(tmp_path / "cache", stored).column_names
         for flags, refusal in ((["--temperature", "4"], "temperature differs"), (["--teacher_cache_top_k", "2"],
                                                                                 "top_k differs")):
             with pytest.raises(SystemExit):
@@ -312,8 +315,8 @@ def test_top_k_cache_with_k_equal_vocab_trains_like_online(tmp_path, tokenizer, 
     online = train(tmp_path, "online", student, teacher, data, collator)
     with caplog.at_level("INFO", logger="hfkd.teacher.cache"):
         cache = build_teacher_cache(teacher, data, collator, tmp_path / "cache", top_k=VOCAB, temperature=2.0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "hfkd.teacher.cache"]
-    assert "GiB of top-100 log-probabilities (T=2.0)" in messages[0] and "rows in" in messages[-1]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("hfkd.teacher.cache")]
+    assert "GiB of top-100 log-probabilities (T=2.0)" in messages[0] and "written by process 0 in" in messages[-1]
     assert TEACHER_LOGITS not in cache.column_names
     cached = train(tmp_path, "cached", twin, None, cache, collator)
 
