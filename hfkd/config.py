@@ -329,7 +329,7 @@ class DistillationConfig(TrainingArguments):
         _check_choice("qat_scheme", self.qat_scheme, INT8_SCHEMES)
         if self.qat_start is not None and not (isinstance(self.qat_start, (int, float)) and 0 <= self.qat_start < 1):
             raise ValueError(
-                f"qat_start must be a fraction of the run in [0, 1) (0.8: the last 20% quantization-aware), "
+                f"qat_start must be a fraction of the run in [0, 1) (0.8: the last fifth quantization-aware), "
                 f"got {self.qat_start!r}; unset it to train in fp32 throughout."
             )
         if self.max_skipped_updates < 0:
