@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel: an unpinned torch pulls gigabytes of CUDA wheels.
 	$(PY) -m pip install -q -r requirements-cpu.txt
-	$(PY) -m pip install -q -c requirements-cpu.txt -e ".[dev,examples]"
+	$(PY) -m pip install -q -c requirements-cpu.txt -e ".[dev,examples,export]"
 	touch $(STAMP)
 
 install: $(STAMP)

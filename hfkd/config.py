@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import TrainingArguments
 
+from hfkd.student.quantization import INT8_SCHEMES
 from hfkd.teacher.fast import TEACHER_QUANTIZATIONS
 from hfkd.teacher.loading import parse_dtype
 from hfkd.objective.losses import ATTENTION_LOSSES, HIDDEN_LOSSES, KD_LOSSES, require_topk_loss
@@ -229,6 +230,18 @@ class DistillationConfig(TrainingArguments):
         "metric) and write report.json/.md/.png to output_dir/report; the model card includes it.",
     )
     report_alpha: float = option(0.5, "alpha of the distillation metric in the report and model card.")
+    qat_start: float | None = option(
+        None,
+        "Quantization-aware distillation: after this fraction of the optimizer steps (0.8: the last 20%) the "
+        "student's nn.Linear layers train fake-quantised int8 as qat_scheme deploys them (straight-through "
+        "estimator); the saved student stays plain fp32.",
+    )
+    qat_scheme: str = option(
+        "onnxruntime",
+        "The dynamic int8 rounding QAT matches: onnxruntime (quantize_dynamic(per_channel=True): weights "
+        "per channel in ±127, activations 0..255) or torch (quantize_dynamic with per_channel_dynamic_qconfig, "
+        "x86: activations 0..127).",
+    )
 
     def __post_init__(self) -> None:
         if cpu_only_multiprocess():
@@ -288,6 +301,12 @@ class DistillationConfig(TrainingArguments):
         if not 0.0 <= self.teacher_min_agreement <= 1.0:
             raise ValueError(f"teacher_min_agreement must be in [0, 1], got {self.teacher_min_agreement}.")
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
+        _check_choice("qat_scheme", self.qat_scheme, INT8_SCHEMES)
+        if self.qat_start is not None and not (isinstance(self.qat_start, (int, float)) and 0 <= self.qat_start < 1):
+            raise ValueError(
+                f"qat_start must be a fraction of the run in [0, 1) (0.8: the last 20% quantization-aware), "
+                f"got {self.qat_start!r}; unset it to train in fp32 throughout."
+            )
         if self.max_skipped_updates < 0:
             raise ValueError(f"max_skipped_updates must be >= 0, got {self.max_skipped_updates}.")
         if self.nonfinite_loss == "skip" and self.deepspeed:

@@ -44,6 +44,15 @@ class ModelArguments:
     )
     student_intermediate_size: int | None = option(None, "Feed-forward size of a narrower student.")
     student_num_attention_heads: int | None = option(None, "Attention heads of a narrower student.")
+    student_init: str | None = option(
+        None,
+        "How a student built from the teacher starts: copy (teacher layers; depth-only), prune (cut from the "
+        "teacher by activation importance, any shape) or random. Default: copy for depth-only, random for a "
+        "width change.",
+    )
+    student_calibration_samples: int = option(
+        256, "Training rows (a seeded sample) whose teacher activations rank what student_init=prune keeps."
+    )
     use_peft: bool = option(
         False,
         "Distill into a LoRA adapter on the student (lora_* flags) instead of all its weights.",

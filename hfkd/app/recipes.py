@@ -225,8 +225,11 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
     return train_and_save(trainer, task)
 
 
-def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: str) -> PreTrainedModel:
-    """Load the student checkpoint, or derive one from the teacher with `create_student`."""
+def build_student(
+    model_args: ModelArguments, teacher: PreTrainedModel, task: str, train_dataset: Any = None, seed: int = 42
+) -> PreTrainedModel:
+    """Load the student checkpoint, or derive one from the teacher with `create_student` (pruning
+    ranks units on `student_calibration_samples` rows of `train_dataset`, shuffled with `seed`)."""
     if model_args.student_model_name_or_path:
         path = resolve_model_path(model_args.student_model_name_or_path)
         kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
@@ -242,6 +245,10 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
             "no student given: set student_model_name_or_path, or student_num_layers / "
             "student_layer_indices / student_hidden_size to build one from the teacher."
         )
+    calibration = None
+    if model_args.student_init == "prune" and train_dataset is not None:
+        count = min(model_args.student_calibration_samples, len(train_dataset))
+        calibration = train_dataset.shuffle(seed=seed).select(range(count))
     return create_student(
         teacher,
         num_layers=model_args.student_num_layers,
@@ -249,6 +256,8 @@ def build_student(model_args: ModelArguments, teacher: PreTrainedModel, task: st
         hidden_size=model_args.student_hidden_size,
         intermediate_size=model_args.student_intermediate_size,
         num_attention_heads=model_args.student_num_attention_heads,
+        init=model_args.student_init,
+        calibration_dataset=calibration,
     )
 
 
@@ -302,7 +311,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     raw = load_raw_datasets(data_args)
     datasets, labels = prepare_task_data(task, raw, tokenizer, data_args, teacher.config)
     match_teacher_labels(teachers, labels)
-    student = build_student(model_args, teacher, task)
+    student = build_student(model_args, teacher, task, datasets.get("train"), args.seed)
     check_sequence_length(data_args, *teachers, student)
     use_eos_for_padding(tokenizer, *teachers, student)
     datasets = use_teacher_cache(teachers, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
@@ -383,7 +392,7 @@ def run_mutual_learning(
         return auto_class.from_pretrained(resolve_model_path(path), **remote, **label_kwargs)
 
     if teacher is not None:
-        student = build_student(model_args, teacher, task)
+        student = build_student(model_args, teacher, task, datasets.get("train"), args.seed)
     elif model_args.student_model_name_or_path:
         student = load(model_args.student_model_name_or_path)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import numpy as np
 from hfkd.io import atomic_write, staged
 from hfkd.report.render import plot_report, report_to_markdown
 
-__all__ = ["atomic_write", "write_report"]
+__all__ = ["atomic_write", "read_references", "write_report"]
 
 _REPORT_FILES = {"json": "report.json", "markdown": "report.md", "plot": "report.png"}
 
@@ -31,6 +32,18 @@ def write_report(report: Mapping[str, Any], output_dir: str | os.PathLike) -> di
         for kind, data in contents.items():
             Path(staging, _REPORT_FILES[kind]).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return {kind: output_dir / name for kind, name in _REPORT_FILES.items()}
+
+
+def read_references(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Published teacher/student pairs from a CSV with case, student_size, teacher_size, student_score,
+    teacher_score and source columns (the shared `reference/distillation_metric_cases.csv`)."""
+    numeric = ("student_size", "teacher_size", "student_score", "teacher_score")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [c for c in ("case", "source", *numeric) if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} lacks the reference columns {missing}.")
+    return [{"case": r["case"], "source": r["source"], **{c: float(r[c]) for c in numeric}} for r in rows]
 
 
 def _json_safe(value: Any) -> Any:

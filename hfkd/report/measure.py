@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import EvalPrediction, default_data_collator
 
+from hfkd.deploy.runtime import load_artifact
 from hfkd.report.metric import DM_ALPHAS, distillation_metric
 
 ModelOrPath = nn.Module | str | os.PathLike
@@ -177,11 +178,15 @@ def build_report(
     alpha: float = 0.5,
     teacher_name: str | None = None,
     eval_batch_size: int = 64,
+    references: Sequence[Mapping[str, Any]] | None = None,
     **latency: Any,
 ) -> dict[str, Any]:
     """Measure the teacher and each student and rank the students by DM (`params` as size).
 
-    Models may be given as objects or saved folders (loaded with the class in their config). Scores
+    Models may be given as objects or folders: a saved model folder (loaded with the class in its
+    config) or an `hfkd export` folder, run as that artifact (ONNX in ONNX Runtime, int8 as int8);
+    every row is scored and timed the same way and gets DM by parameters and by bytes on disk.
+    `references` (published pairs, `hfkd.report.io.read_references`) are stored for the plot. Scores
     are `metrics[metric_name]`; a student's DM is null (with `distillation_metric_error`) when the
     teacher's score makes DM undefined (e.g. 0), so one bad metric does not lose the whole report.
     `latency` takes `measure_latencies`' settings (`batch_sizes`, `warmup`, `repeats`, `best_of`,
@@ -219,6 +224,7 @@ def build_report(
             "throughput_batch_size": teacher_latency["throughput_batch_size"],
         },
         "eval_examples": len(eval_dataset),
+        "references": [dict(r) for r in references or []],
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
 
@@ -342,16 +348,28 @@ def _measure_model(
     metric_name: str,
     eval_batch_size: int,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The loaded model and its report entry: sizes, metrics and the score DM is computed from."""
-    model = _load_model(source)
-    params, params_no_emb = count_parameters(model)
-    is_saved_folder = not isinstance(source, nn.Module) and Path(source).is_dir()
+    """The runnable model and its report entry: sizes, metrics and the score DM is computed from.
+
+    A folder is loaded as the artifact it is (`hfkd.deploy.runtime.load_artifact`: an ONNX export
+    runs in ONNX Runtime, a PyTorch int8 export as int8), so the score is that artifact's own.
+    """
+    if isinstance(source, nn.Module):
+        model, kind, size = source, "pytorch fp32", safetensors_size(source)
+        params, params_no_emb = count_parameters(model)
+    else:
+        artifact = load_artifact(source)
+        model, kind, size = artifact.model, artifact.kind, artifact.size_bytes
+        if not size:
+            raise FileNotFoundError(f"no model files (*.safetensors or an hfkd export) in {str(source)!r}.")
+        counted = count_parameters(model) if artifact.parameters is None else None
+        params, params_no_emb = counted or (artifact.parameters, artifact.parameters_no_embeddings)
     metrics = evaluate_model(model, eval_dataset, data_collator, compute_metrics, eval_batch_size)
     return model, {
         "name": name,
+        "format": kind,
         "params": params,
         "params_no_embeddings": params_no_emb,
-        "size_bytes": safetensors_size(source if is_saved_folder else model),
+        "size_bytes": size,
         "score": _score(metrics, metric_name, name),
         "metrics": metrics,
     }
@@ -360,35 +378,43 @@ def _measure_model(
 def _latency_fields(
     latency: Mapping[str, Any], teacher_latency: Mapping[str, Any], batch_sizes: Sequence[int]
 ) -> dict[str, Any]:
-    """Latency per batch size, throughput, and the speed-up over the teacher at the smallest."""
-    smallest = f"batch_{batch_sizes[0]}"
+    """Latency per batch size, throughput, and the speed-up over the teacher (p50) at each batch size;
+    `speedup` is the one at the smallest."""
+    keys = [f"batch_{b}" for b in batch_sizes]
+    speedups = {key: teacher_latency[key]["p50"] / latency[key]["p50"] for key in keys}
     return {
-        "latency_ms": {f"batch_{b}": latency[f"batch_{b}"] for b in batch_sizes},
+        "latency_ms": {key: latency[key] for key in keys},
         "throughput_samples_per_s": latency["throughput_samples_per_s"],
-        "speedup": teacher_latency[smallest]["p50"] / latency[smallest]["p50"],
+        "speedup": speedups[keys[0]],
+        "speedup_by_batch": speedups,
     }
 
 
 def _no_dm() -> dict[str, Any]:
-    return {"distillation_metric": None, "distillation_metric_by_alpha": None}
+    return {"distillation_metric": None, "distillation_metric_by_alpha": None,
+            "distillation_metric_bytes": None, "distillation_metric_bytes_by_alpha": None}
 
 
 def _dm_fields(
     entry: Mapping[str, Any], teacher: Mapping[str, Any], alpha: float
 ) -> dict[str, Any]:
-    """A student's DM at `alpha` and at every DM_ALPHAS; null with the reason when undefined."""
+    """A student's DM at `alpha` and at every DM_ALPHAS, with size = parameters (`distillation_metric`)
+    and size = bytes on disk (`distillation_metric_bytes`); null with the reason when undefined."""
     try:
-        by_alpha = {
-            str(float(a)): distillation_metric(
-                entry["params"], teacher["params"], entry["score"], teacher["score"], a
-            )
-            for a in sorted({*DM_ALPHAS, float(alpha)})
+        by_size = {
+            size: {
+                str(float(a)): distillation_metric(entry[size], teacher[size], entry["score"], teacher["score"], a)
+                for a in sorted({*DM_ALPHAS, float(alpha)})
+            }
+            for size in ("params", "size_bytes")
         }
     except ValueError as error:
         return {**_no_dm(), "distillation_metric_error": str(error)}
     return {
-        "distillation_metric": by_alpha[str(float(alpha))],
-        "distillation_metric_by_alpha": by_alpha,
+        "distillation_metric": by_size["params"][str(float(alpha))],
+        "distillation_metric_by_alpha": by_size["params"],
+        "distillation_metric_bytes": by_size["size_bytes"][str(float(alpha))],
+        "distillation_metric_bytes_by_alpha": by_size["size_bytes"],
     }
 
 
@@ -481,23 +507,6 @@ def _time_call(model: nn.Module, inputs: Mapping[str, Any], best_of: int) -> flo
             torch.cuda.synchronize(device)
         best = min(best, (time.perf_counter_ns() - start) / 1e6)
     return best
-
-
-def _load_model(source: ModelOrPath) -> nn.Module:
-    """A model object as is; a saved folder with the architecture class named in its config."""
-    if isinstance(source, nn.Module):
-        return source
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(source)
-    architecture = (config.architectures or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    if model_class is None:
-        raise ValueError(
-            f"cannot tell which model class to load from {str(source)!r} (config.architectures="
-            f"{config.architectures!r}); pass the loaded model instead."
-        )
-    return model_class.from_pretrained(source)
 
 
 def _score(metrics: Mapping[str, float], metric_name: str, model_name: str) -> float:

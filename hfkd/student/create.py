@@ -1,12 +1,14 @@
 """Build a smaller student from a teacher model, keeping the teacher's exact class.
 
-Two recipes, chosen by the arguments:
+Three initialisations (`init`); by default the first two, chosen by the arguments:
 
 - Depth reduction (DistilBERT-style): keep a subset of the teacher's layers and copy their weights,
   plus embeddings, final norm, pooler and task head. The student starts close to the teacher, which
   is why this is the default way to initialise a distillation student.
 - Width reduction (TinyBERT-style): a narrower config (hidden size, FFN size, heads) with random
   weights, because teacher matrices of another shape cannot be copied.
+- Pruning (Minitron-style, `init="prune"`, `prune.py`): any smaller depth and width, cut from the
+  teacher's weights along the units its activations on a calibration sample rank most important.
 
 Works generically across BERT, RoBERTa, DistilBERT, GPT-2, Llama and similar models through
 transformers' `attribute_map` (generic `num_hidden_layers` / `hidden_size` / `num_attention_heads`)
@@ -17,20 +19,23 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from hfkd.models import find_layer_stack, is_zero3_partitioned
 
-__all__ = ["create_student", "hidden_size", "num_layers"]
+__all__ = ["STUDENT_INIT_KEY", "TEACHER_LAYERS_KEY", "create_student", "hidden_size", "num_layers"]
 
 # Names of the feed-forward width across config families (BERT/Llama, DistilBERT, GPT-2, OPT).
 _INTERMEDIATE_SIZE_NAMES: tuple[str, ...] = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
 
 # Metadata key: 0-based teacher layer index that each student layer was copied from.
 TEACHER_LAYERS_KEY = "hfkd_teacher_layers"
+# Metadata key: how the student was initialised ({"init": "copy" | "prune" | "random", ...}).
+STUDENT_INIT_KEY = "hfkd_student_init"
+STUDENT_INITS = ("copy", "prune", "random")
 
 
 def _config_of(model_or_config: PreTrainedModel | PreTrainedConfig) -> PreTrainedConfig:
@@ -219,6 +224,10 @@ def create_student(
     hidden_size: int | None = None,
     intermediate_size: int | None = None,
     num_attention_heads: int | None = None,
+    init: Literal["copy", "prune", "random"] | None = None,
+    calibration_dataset: Any = None,
+    calibration_samples: int | None = None,
+    calibration_batch_size: int = 16,
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """Return a new, smaller model of the teacher's exact class; the teacher is not modified.
@@ -238,9 +247,25 @@ def create_student(
     or head count changes, `head_dim` becomes `hidden_size // num_attention_heads` and an inherited
     `num_key_value_heads` that no longer divides the head count is reset to `num_attention_heads`.
 
+    `init` (default: "copy" for a depth-only student, "random" for a width change) forces one way:
+    "random" gives a fresh model of the student's shape (nothing copied), "copy" refuses a width
+    change, and "prune" (BERT, RoBERTa, DistilBERT, Llama, Qwen2, GPT-2) cuts any smaller shape out
+    of the teacher: `calibration_dataset` (tokenized rows: a `datasets.Dataset` or a list of dicts
+    with `input_ids`, optional `attention_mask` / `token_type_ids`; its first `calibration_samples`
+    rows, default all, at least 8, run through the teacher in batches of `calibration_batch_size`)
+    ranks layers, heads, neurons and hidden channels by their activations, and the most important
+    are kept. `num_layers` then keeps the most important layers (in order) rather than a spread;
+    pruning heads keeps head_dim, so for BERT/DistilBERT/GPT-2 `num_attention_heads` follows from
+    `hidden_size // head_dim`, and grouped-query attention keeps whole key/value groups. See
+    `hfkd.student.prune`. `config.hfkd_student_init` records how the student was built.
+
     `config_overrides` are set on the student config (e.g. `hidden_dropout_prob=0.0`).
     Encoder-decoder models are not supported. Raises ValueError on invalid arguments.
     """
+    if init is not None and init not in STUDENT_INITS:
+        raise ValueError(f"init={init!r} is invalid; choose one of {list(STUDENT_INITS)}.")
+    if calibration_dataset is not None and init != "prune":
+        raise ValueError(f"calibration_dataset is only read by init='prune' (got init={init!r}); pass init='prune'.")
     teacher_config = teacher.config
     if getattr(teacher_config, "is_encoder_decoder", False):
         raise ValueError(
@@ -256,13 +281,30 @@ def create_student(
         )
 
     config = copy.deepcopy(teacher_config)
-    if hasattr(config, TEACHER_LAYERS_KEY):  # the teacher may itself be a student
-        delattr(config, TEACHER_LAYERS_KEY)
+    for key in (TEACHER_LAYERS_KEY, STUDENT_INIT_KEY):  # the teacher may itself be a student
+        if hasattr(config, key):
+            delattr(config, key)
     _apply_overrides(config, config_overrides)
+    if init == "prune":
+        from hfkd.student.prune import prune_student  # prune builds on this module's helpers
+
+        return prune_student(
+            teacher, config, num_layers=num_layers, layer_indices=layer_indices, hidden_size=hidden_size,
+            intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+            calibration_dataset=calibration_dataset, calibration_samples=calibration_samples,
+            calibration_batch_size=calibration_batch_size,
+            num_key_value_heads=config_overrides.get("num_key_value_heads"),
+        )
     _set_width(config, hidden_size, intermediate_size, num_attention_heads)
     if _is_attention_change(teacher_config, config):
         _fix_attention_shape(config, kv_heads_overridden="num_key_value_heads" in config_overrides)
     width_change = _is_width_change(teacher_config, config)
+    if width_change and init == "copy":
+        raise ValueError(
+            "init='copy' needs the teacher's width, but hidden_size / intermediate_size / num_attention_heads differ; "
+            "use init='prune' (cut from the teacher) or init='random'."
+        )
+    fresh = width_change or init == "random"
 
     indices = _select_indices(teacher_depth, num_layers, layer_indices, width_change)
     _slice_per_layer_fields(config, teacher_depth, indices)
@@ -273,7 +315,8 @@ def create_student(
     student.train(teacher.training)
     if getattr(teacher, "generation_config", None) is not None:
         student.generation_config = copy.deepcopy(teacher.generation_config)
-    if width_change:
+    if fresh:
+        setattr(student.config, STUDENT_INIT_KEY, {"init": "random"})
         return student
 
     if is_zero3_partitioned(teacher):
@@ -291,6 +334,7 @@ def create_student(
             f"{detail}. Drop config overrides that change parameter shapes."
         ) from error
     setattr(student.config, TEACHER_LAYERS_KEY, list(indices))
+    setattr(student.config, STUDENT_INIT_KEY, {"init": "copy"})
     return student
 
 

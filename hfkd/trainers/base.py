@@ -20,6 +20,7 @@ from hfkd.models import only
 from hfkd.objective.objective import Normalisers
 from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.trainers.internals import TrainerInternals
+from hfkd.trainers.qat import QuantizationAwareTraining
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class DistillationTrainerBase(TrainerInternals):
         if args.nonfinite_loss == "skip":
             self.nonfinite_guard = NonFiniteGuard(args.max_skipped_updates)
             self.add_callback(self.nonfinite_guard)
+        if args.qat_start is not None:  # quantization-aware distillation for the end of the run
+            self.add_callback(QuantizationAwareTraining(args.qat_start, args.qat_scheme))
 
     @property
     def skipped_updates(self) -> int:

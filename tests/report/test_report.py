@@ -493,7 +493,7 @@ def test_markdown_table_rejects_bad_shapes(rows: list, align: str | None, match:
 def test_report_markdown_aligns_numbers_and_escapes_names() -> None:
     report = _synthetic_report({"a|b": 0.1})
     lines = report_to_markdown(report).splitlines()
-    assert lines[1] == "|---|" + "---:|" * 7
+    assert lines[1] == "|---|" + "---:|" * 8 + "---|"  # numbers right, the format column left
     assert lines[3].startswith("| a\\|b | 0.0001 |")
 
 

@@ -1,0 +1,93 @@
+"""Fake int8 quantisation of a student's linear layers, as dynamic int8 deployment rounds them.
+
+Dynamic int8 quantization at deployment (`onnxruntime.quantization.quantize_dynamic`,
+`torch.ao.quantization.quantize_dynamic`) rounds every `nn.Linear` weight to int8 once and each
+input activation to 8 bits per call. A student trained in fp32 meets that rounding only at export;
+`fake_quantize` makes its linear layers round the same way in fp32 arithmetic (Jacob et al. 2018), with
+the straight-through estimator (the rounding's gradient taken as 1) so the fp32 weights keep learning
+(`hfkd.trainers.qat` switches it on for the end of a distillation run):
+
+- weights: per output channel, symmetric int8 (scale = max|w| / 127 in ONNX Runtime, whose symmetric
+  range is ±127; max|w| / 127.5 over -128..127 in PyTorch), as `quantize_dynamic(per_channel=True)`
+  and `per_channel_dynamic_qconfig` store them;
+- activations: per tensor, asymmetric uint8 from the tensor's own min/max including 0 (ONNX
+  Runtime's DynamicQuantizeLinear: 0..255; PyTorch's x86 kernels use reduce_range: 0..127).
+
+Only `nn.Linear` is quantised, as both `quantize_dynamic` defaults do (not GPT-2's Conv1D, embeddings
+or attention matmuls). The fake quantisation replaces each module's `forward` on the instance and
+stores nothing, so the weights and `state_dict` stay plain fp32.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["INT8_SCHEMES", "Int8Scheme", "fake_quantize", "quantized_linears"]
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How a runtime's dynamic int8 rounds: weight scale = max|w| / weight_divisor, values clamped to
+    [weight_min, 127]; activations on `activation_levels` + 1 unsigned levels."""
+
+    weight_divisor: float
+    weight_min: int
+    activation_levels: int
+
+
+INT8_SCHEMES: dict[str, Int8Scheme] = {
+    "onnxruntime": Int8Scheme(weight_divisor=127.0, weight_min=-127, activation_levels=255),
+    "torch": Int8Scheme(weight_divisor=127.5, weight_min=-128, activation_levels=127),
+}
+_TINY = torch.finfo(torch.float32).eps  # PyTorch's observers floor a scale here (an all-zero row)
+
+
+def _straight_through(value: Tensor, rounded: Tensor) -> Tensor:
+    """`rounded` forward, identity backward."""
+    return value + (rounded - value).detach()
+
+
+def fake_quantize_weight(weight: Tensor, scheme: Int8Scheme) -> Tensor:
+    """Per-output-channel symmetric int8 round trip of a [out, in] weight."""
+    scale = (weight.detach().abs().amax(dim=1, keepdim=True) / scheme.weight_divisor).clamp_min(_TINY)
+    # times the inverse scale, as PyTorch's quantizer: max|w| lands on 127.49999 (PyTorch) or 127, not on a tie
+    rounded = torch.clamp(torch.round(weight * (1 / scale)), scheme.weight_min, 127) * scale
+    return _straight_through(weight, rounded)
+
+
+def fake_quantize_activation(x: Tensor, scheme: Int8Scheme) -> Tensor:
+    """Per-tensor asymmetric uint8 round trip from the tensor's own range (which includes 0)."""
+    levels = scheme.activation_levels
+    low, high = x.detach().min().clamp_max(0), x.detach().max().clamp_min(0)
+    scale = ((high - low) / levels).clamp_min(_TINY)
+    zero_point = torch.clamp(torch.round(-low / scale), 0, levels)
+    rounded = (torch.clamp(torch.round(x / scale) + zero_point, 0, levels) - zero_point) * scale
+    return _straight_through(x, rounded)
+
+
+def _fake_quant_forward(self: nn.Linear, x: Tensor) -> Tensor:
+    scheme = self.hfkd_int8_scheme
+    return nn.functional.linear(
+        fake_quantize_activation(x, scheme), fake_quantize_weight(self.weight, scheme), self.bias
+    )
+
+
+def quantized_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> list[nn.Linear]:
+    """The linear layers dynamic int8 quantises: every `nn.Linear` outside the submodules named in `skip`."""
+    skipped = {id(m) for name in skip if hasattr(model, name) for m in getattr(model, name).modules()}
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in skipped]
+
+
+def fake_quantize(model: nn.Module, scheme: Int8Scheme | None, skip: tuple[str, ...] = ()) -> None:
+    """Switch the model's linear layers (but `skip`'s) to fake-quantised int8 (`scheme`) or back to fp32 (None)."""
+    for linear in quantized_linears(model, skip):
+        if scheme is None:
+            linear.__dict__.pop("forward", None)
+            linear.__dict__.pop("hfkd_int8_scheme", None)
+        else:
+            linear.hfkd_int8_scheme = scheme
+            linear.forward = types.MethodType(_fake_quant_forward, linear)
