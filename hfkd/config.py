@@ -232,7 +232,7 @@ class DistillationConfig(TrainingArguments):
     report_alpha: float = option(0.5, "alpha of the distillation metric in the report and model card.")
     qat_start: float | None = option(
         None,
-        "Quantization-aware distillation: after this fraction of the optimizer steps (0.8: the last 20%) the "
+        "Quantization-aware distillation: after this fraction of the optimizer steps (0.8: the last fifth) the "
         "student's nn.Linear layers train fake-quantised int8 as qat_scheme deploys them (straight-through "
         "estimator); the saved student stays plain fp32.",
     )
