@@ -138,7 +138,7 @@ def _fidelity(teacher: Any, reference_dir: str, dev: Any, collator: Any) -> dict
     """Argmax agreement and mean KL of the (cheaper) cache teacher against the float32 one, on the dev set."""
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     rows = dev.select_columns([c for c in dev.column_names if c in inputs])
-    batches = [collator(rows.select(range(start, min(start + 128, len(rows))))[:]) for start in range(0, len(rows), 128)]
+    batches = [collator([rows[i] for i in range(start, min(start + 128, len(rows)))]) for start in range(0, len(rows), 128)]
     return teacher_fidelity(load_classifier(reference_dir), teacher, batches, accepted_inputs=inputs,
                             max_rows=len(rows))
 
