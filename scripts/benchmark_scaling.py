@@ -4,6 +4,7 @@ cache build time and disk size against rows, each next to what the models' FLOPs
     python scripts/benchmark_scaling.py [--steps 4] [--output outputs/speed/scaling.json]
         (writes scaling.md and scaling.png beside the JSON)
     python scripts/benchmark_scaling.py --steps 1 --lengths 16,32 --batch_sizes 4,8 --cache_rows 64,128  (smoke)
+    python scripts/benchmark_scaling.py --sections padding --output outputs/speed/padding.json  (counts only: seconds)
 
 Models as in scripts/benchmark_speed.py: MiniLM-L6 (6 layers, hidden 384) with a seeded random 2-label
 head → its layers 0, 2, 4. Inputs are random token ids of exactly the length asked (no padding), so
@@ -14,7 +15,10 @@ cache built beforehand and not timed here). Sweeps: `--lengths` at `--batch_size
 mean of `--steps`; each (variant, shape) runs in its own forked child, whose peak RSS growth is its
 peak memory. The cache sweep builds the cache of the first `--cache_rows` SST-2 training sentences
 (dynamic padding, max 64 tokens) and reports the build time (teacher loaded beforehand) and the
-cache folder's size on disk.
+cache folder's size on disk. The padding section counts, without any model, the tokens one epoch
+of batches (batch `--batch_size`) feeds the model on the first `max(--cache_rows)` sentences with
+random batches (Trainer's default), `length_bucketing` (hfkd) and `group_by_length` (transformers'
+LengthGroupedSampler), 3 epochs each: a count, the same on every machine.
 
 FLOPs prediction (multiply-adds × 2, the matmuls only): a BERT layer costs 24·h² FLOPs per token in
 its linear layers plus 4·L·h in attention (QKᵀ and AV), so a forward pass of B sequences of L tokens
@@ -47,6 +51,7 @@ from benchmark_speed import HIDDEN, MODEL_DIR, StepTimes, _load, prepare_models
 from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.report.render import markdown_table
 from hfkd.teacher.cache import build_teacher_cache
+from hfkd.trainers.sampling import LengthBucketedSampler, row_lengths
 
 VARIANTS = ("S", "O", "OH", "C")
 TEACHER_LAYERS, STUDENT_LAYERS_COUNT, HIDDEN_SIZE = 6, 3, 384
@@ -62,6 +67,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=64, help="Sequence length of the batch-size sweep.")
     parser.add_argument("--cache_rows", default="1000,2000,4000,8000,16000")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--sections", default="length,batch_size,cache,padding")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--output", default=None, help="Write JSON here (Markdown and PNG beside it).")
@@ -70,6 +76,7 @@ def parse() -> argparse.Namespace:
     options.batch_sizes = [int(x) for x in options.batch_sizes.split(",") if x]
     options.cache_rows = [int(x) for x in options.cache_rows.split(",") if x]
     options.variants = [v for v in options.variants.split(",") if v]
+    options.sections = [v for v in options.sections.split(",") if v]
     if set(options.variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(set(options.variants) - set(VARIANTS))}; choose from {VARIANTS}")
     return options
@@ -159,9 +166,41 @@ def sweep(name: str, shapes: list[tuple[int, int]], work_dir: str, options: argp
     return _with_prediction(points)
 
 
+def padding(lengths: list[int], batch_size: int, epochs: int = 3) -> list[dict]:
+    """Tokens per epoch (each batch padded to its longest row) under each sampler, and the share that is padding."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    def fed(order: list[int]) -> int:
+        return sum(max(lengths[i] for i in order[s:s + batch_size]) * len(order[s:s + batch_size])
+                   for s in range(0, len(order), batch_size))
+
+    bucketed = LengthBucketedSampler(lengths, batch_size, 50, seed=42)
+    samplers = {"random": lambda epoch: torch.randperm(len(lengths), generator=torch.Generator().manual_seed(epoch)
+                                                       ).tolist(),
+                "length_bucketing": lambda epoch: (bucketed.set_epoch(epoch), list(bucketed))[1],
+                "group_by_length": lambda epoch: list(LengthGroupedSampler(
+                    batch_size, lengths=lengths, generator=torch.Generator().manual_seed(epoch)))}
+    real = sum(lengths)
+    rows = []
+    for name, order_of in samplers.items():
+        tokens = statistics.fmean(fed(order_of(epoch)) for epoch in range(epochs))
+        rows.append({"sampler": name, "tokens_per_epoch": tokens, "padding_share": 1 - real / tokens})
+    for row in rows:
+        row["tokens_vs_random"] = row["tokens_per_epoch"] / rows[0]["tokens_per_epoch"]
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = []
+    if report.get("padding"):
+        rows = [[p["sampler"], f"{p['tokens_per_epoch']:.0f}", f"{p['padding_share']:.1%}",
+                 f"{p['tokens_vs_random']:.2f}"] for p in report["padding"]]
+        lines += [f"Tokens per epoch fed to the model ({report['settings']['padding_rows']} SST-2 sentences, "
+                  f"batch {report['settings']['batch_size']}, mean of 3 epochs):", "",
+                  markdown_table(["sampler", "tokens per epoch", "padding", "vs random"], rows), ""]
     for name, key in (("sequence length", "length"), ("batch size", "batch_size")):
+        if not report[key]:
+            continue
         rows = [[p["variant"], p[key], f"{p['step_seconds']:.3f}", f"{p['predicted_seconds']:.3f}",
                  f"{p['step_seconds'] / p['predicted_seconds']:.2f}", f"{p['peak_memory_mb']:.0f}"]
                 for p in sorted(report[key], key=lambda p: (p["variant"], p[key]))]
@@ -170,8 +209,9 @@ def markdown(report: dict) -> str:
                                   "peak memory (MB)"], rows), ""]
     rows = [[c["rows"], f"{c['build_seconds']:.2f}", f"{c['predicted_seconds']:.2f}", f"{c['disk_mb']:.2f}"]
             for c in report["cache"]]
-    lines += ["Teacher cache against rows:", "",
-              markdown_table(["rows", "build (s)", "linear prediction (s)", "disk (MB)"], rows)]
+    if rows:
+        lines += ["Teacher cache against rows:", "",
+                  markdown_table(["rows", "build (s)", "linear prediction (s)", "disk (MB)"], rows)]
     return "\n".join(lines)
 
 
@@ -217,23 +257,30 @@ def main() -> None:
     quiet_libraries()
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     train = load_sst2(tokenizer, options.data_dir, train_rows=max(options.cache_rows)).train
+    wanted = set(options.sections)
     with tempfile.TemporaryDirectory(prefix="hfkd-scaling-") as work_dir:
-        in_child(prepare_models, work_dir)
-        by_length = sweep("length", [(options.batch_size, n) for n in options.lengths], work_dir, options)
-        by_batch = sweep("batch", [(b, options.length) for b in options.batch_sizes], work_dir, options)
+        if wanted & {"length", "batch_size", "cache"}:
+            in_child(prepare_models, work_dir)
+        by_length = sweep("length", [(options.batch_size, n) for n in options.lengths], work_dir, options) \
+            if "length" in wanted else []
+        by_batch = sweep("batch", [(b, options.length) for b in options.batch_sizes], work_dir, options) \
+            if "batch_size" in wanted else []
         cache = [{"rows": rows, **in_child(build_cache, work_dir, train, tokenizer, rows, options)}
-                 for rows in options.cache_rows]
+                 for rows in options.cache_rows] if "cache" in wanted else []
     for entry in cache:  # linear in rows from the smallest build
         entry["predicted_seconds"] = cache[0]["build_seconds"] * entry["rows"] / cache[0]["rows"]
-    report = {"length": by_length, "batch_size": by_batch, "cache": cache,
+    pads = padding(row_lengths(train), options.batch_size) if "padding" in wanted else []
+    report = {"length": by_length, "batch_size": by_batch, "cache": cache, "padding": pads,
               "settings": {"steps": options.steps, "warmup": options.warmup, "batch_size": options.batch_size,
                            "length": options.length, "threads": options.threads, "variants": options.variants,
+                           "padding_rows": len(train),
                            "device": device(), "cpu": cpu_name(), "torch": torch.__version__}}
     table = markdown(report)
     print(table)
     if options.output:
         write_results(options.output, report, table)
-        plot(report, os.path.splitext(options.output)[0] + ".png")
+        if by_length and by_batch and cache:
+            plot(report, os.path.splitext(options.output)[0] + ".png")
 
 
 if __name__ == "__main__":
