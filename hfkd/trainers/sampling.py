@@ -6,9 +6,9 @@ cuts the shuffle into mega-batches of `megabatch` batches, sorts each mega-batch
 into batches, and shuffles those batches across the whole epoch (the one short batch, if any, stays
 last so every other batch keeps its rows). transformers' `LengthGroupedSampler`
 (`train_sampling_strategy="group_by_length"`) forms the same kind of batches but keeps them in
-descending length order inside each mega-batch (a long-to-short sweep every `50` batches) and draws
-from the global torch RNG, so its order depends on what consumed that RNG before and a run resumed
-mid-epoch does not replay the epoch it stopped in. Here the order is a function of (seed, epoch)
+descending length order inside each mega-batch (a long-to-short sweep every 50 batches) and draws
+its shuffle from the global torch RNG when each epoch starts, after dropout has advanced it: a run
+resumed in a later epoch draws another order for that epoch than the one it stopped in. Here the order is a function of (seed, epoch)
 only: the same on every DDP rank (accelerate gives rank r every n-th batch) and on resume, where
 Trainer calls `set_epoch` before skipping the batches already trained on.
 """
