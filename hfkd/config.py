@@ -246,6 +246,16 @@ class DistillationConfig(TrainingArguments):
         1.0, "Sampling temperature of generated completions (0 = greedy); the KD term keeps `temperature`.")
     generation_top_p: float = option(1.0, "Nucleus sampling threshold of generated completions (1 = off).")
     generation_top_k: int = option(0, "Top-k sampling of generated completions (0 = off).")
+    length_bucketing: bool = option(
+        False,
+        "Batch rows of similar length (less padding, faster steps) in a random order: each epoch, sort "
+        "shuffled mega-batches by length, cut them into batches and shuffle those (hfkd.trainers.sampling). "
+        "Deterministic given the seed (DDP ranks and resume agree). Needs train_sampling_strategy='random'.",
+    )
+    bucket_megabatch: int = option(
+        50,
+        "With length_bucketing: batches per mega-batch sorted by length (more: less padding, less random).",
+    )
     report_at_end: bool = option(
         False,
         "After training, measure teacher and student (size, score, latency, distillation "
@@ -325,6 +335,7 @@ class DistillationConfig(TrainingArguments):
             )
         if not 0.0 <= self.teacher_min_agreement <= 1.0:
             raise ValueError(f"teacher_min_agreement must be in [0, 1], got {self.teacher_min_agreement}.")
+        self._check_length_bucketing()
         _check_choice("nonfinite_loss", self.nonfinite_loss, ("raise", "skip"))
         _check_choice("qat_scheme", self.qat_scheme, INT8_SCHEMES)
         if self.qat_start is not None and not (isinstance(self.qat_start, (int, float)) and 0 <= self.qat_start < 1):
@@ -367,6 +378,16 @@ class DistillationConfig(TrainingArguments):
         config = cls(**{**with_preset(name, kwargs), "preset": None})
         config.preset = name  # applied above; kept as a record for the model card
         return config
+
+    def _check_length_bucketing(self) -> None:
+        if isinstance(self.bucket_megabatch, bool) or not isinstance(self.bucket_megabatch, int) \
+                or self.bucket_megabatch < 1:
+            raise ValueError(f"bucket_megabatch must be an int >= 1 (e.g. 50), got {self.bucket_megabatch!r}.")
+        if self.length_bucketing and self.train_sampling_strategy != "random":
+            raise ValueError(
+                f"length_bucketing replaces train_sampling_strategy={self.train_sampling_strategy!r}: "
+                "keep the strategy 'random' (the default) or unset length_bucketing."
+            )
 
     def _set_length_from_stages(self) -> None:
         """Validate `stages` and make the run as long as their sum (before Trainer reads the length)."""

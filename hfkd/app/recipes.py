@@ -36,8 +36,9 @@ from hfkd.metrics import DEFAULT_METRIC, build_compute_metrics, perplexity_from_
 from hfkd.trainers.mutual import MutualDistillationConfig, MutualDistillationTrainer
 from hfkd.student.create import create_student
 from hfkd.trainers.distillation import DistillationTrainer
+from hfkd.teacher.fast import cast_with_fidelity
 from hfkd.teacher.loading import load_trained_teacher, parse_dtype, teacher_load_kwargs
-from hfkd.models import TASK_AUTO_CLASSES, HfkdError, is_default_labels, resolve_model_path
+from hfkd.models import TASK_AUTO_CLASSES, HfkdError, forward_arg_names, is_default_labels, resolve_model_path
 from hfkd.models import check_sequence_length as models_check_sequence_length
 
 logger = logging.getLogger(__name__)
@@ -478,10 +479,14 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
     use_eos_for_padding(tokenizer, *teachers)
     if "train" not in datasets:
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
+    collator = build_data_collator(tokenizer, data_args, task)
+    checked_on = datasets.get("validation") or datasets["train"]  # a lower-precision build must keep the decisions
+    cast = [cast_with_fidelity(teacher, parse_dtype(args.teacher_dtype), lambda t=teacher: _fidelity_batches(
+        checked_on, collator, t), device=args.device, min_agreement=args.teacher_min_agreement)[0] for teacher in teachers]
     cache = build_teacher_cache(
-        [_cast_teacher(teacher, args) for teacher in teachers],
+        cast,
         datasets["train"],
-        build_data_collator(tokenizer, data_args, task),
+        collator,
         args.teacher_cache_dir,
         batch_size=args.per_device_eval_batch_size,
         top_k=args.teacher_cache_top_k,
@@ -514,6 +519,13 @@ def use_teacher_cache(
         temperature=args.temperature, extra=_cache_fingerprint_extra(tokenizer, data_args))
     datasets["train"] = load_teacher_cache(cache_dir, expected)
     return datasets
+
+
+def _fidelity_batches(dataset: Any, collator: Any, teacher: PreTrainedModel, rows: int = 512) -> list[dict]:
+    """The first `rows` rows of `dataset`, collated in batches of 64 with only what the teacher's forward takes."""
+    inputs = dataset.select_columns([c for c in dataset.column_names if c in forward_arg_names(teacher)])
+    end = min(rows, len(inputs))
+    return [collator([inputs[i] for i in range(start, min(start + 64, end))]) for start in range(0, end, 64)]
 
 
 def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:

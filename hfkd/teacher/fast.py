@@ -11,13 +11,16 @@ one is on `DistillationTrainer` measures it against the unmodified teacher on ev
 
 from __future__ import annotations
 
+import copy
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hfkd.models import DistillationSetupError, forward_arg_names
 
 TEACHER_QUANTIZATIONS = ("int8_dynamic",)
 
@@ -90,3 +93,37 @@ def teacher_fidelity(
         raise ValueError("teacher_fidelity got no batches: pass an evaluation dataset.")
     return {"argmax_agreement": agree / items, "mean_kl": kl / items, "max_abs_logit_diff": max_diff,
             "items": int(items)}
+
+
+def require_fidelity(fidelity: Mapping[str, float], min_agreement: float, what: str) -> None:
+    """Refuse a cheaper teacher (`what`) whose top class departs from the full teacher's too often."""
+    agreement = fidelity["argmax_agreement"]
+    if agreement < min_agreement:
+        raise DistillationSetupError(
+            f"{what} agrees with the full teacher on {agreement:.1%} of evaluation items, below "
+            f"teacher_min_agreement={min_agreement}: drop that option or lower the bound knowingly."
+        )
+
+
+def cast_with_fidelity(
+    teacher: nn.Module,
+    dtype: torch.dtype | None,
+    batches: Callable[[], Iterable[Mapping[str, Any]]],
+    *,
+    device: torch.device | str = "cpu",
+    min_agreement: float,
+) -> tuple[nn.Module, dict[str, float] | None]:
+    """`teacher` on `device` in `dtype` (in place), with its fidelity to the uncast teacher on `batches()`.
+
+    What a teacher-output cache built at a lower precision needs: the cache stores that teacher's
+    logits for a whole training run, so a cast that moves its decisions beyond `min_agreement` is
+    refused before the build. float32 or None: no copy, no measurement (fidelity None).
+    """
+    if dtype in (None, torch.float32) or next(teacher.parameters()).dtype == dtype:
+        return teacher.to(device=device, dtype=dtype), None
+    reference = copy.deepcopy(teacher).to(device)
+    cast = teacher.to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        fidelity = teacher_fidelity(reference, cast.eval(), batches(), accepted_inputs=forward_arg_names(reference))
+    require_fidelity(fidelity, min_agreement, f"the teacher cast to {dtype} for the cache")
+    return cast, fidelity

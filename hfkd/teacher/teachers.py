@@ -19,7 +19,7 @@ from torch import nn
 from hfkd.models import DistillationSetupError, forward_arg_names, only, require_attentions
 from hfkd.teacher.cache import TEACHER_LOGITS
 from hfkd.teacher.ensemble import TeacherEnsemble, check_combination
-from hfkd.teacher.fast import speed_up_teacher, teacher_fidelity
+from hfkd.teacher.fast import require_fidelity, speed_up_teacher, teacher_fidelity
 from hfkd.teacher.loading import check_teacher_student_compatibility, load_teacher, parse_dtype, use_eager_attention
 from hfkd.teacher.placement import DEVICE, prepare_teacher, teacher_placement
 
@@ -115,14 +115,9 @@ class Teachers:
             return
         self.fidelity = teacher_fidelity(reference, fast, batches, accepted_inputs=forward_arg_names(reference))
         logger.info("cheaper teacher vs full teacher: %s", self.fidelity)
-        agreement = self.fidelity["argmax_agreement"]
-        if agreement < args.teacher_min_agreement:
-            raise DistillationSetupError(
-                f"the cheaper teacher (teacher_dtype={args.teacher_dtype}, teacher_quantization="
-                f"{args.teacher_quantization}, teacher_compile={args.teacher_compile}) agrees with the "
-                f"full teacher on {agreement:.1%} of evaluation items, below teacher_min_agreement="
-                f"{args.teacher_min_agreement}: drop that option or lower the bound knowingly."
-            )
+        require_fidelity(self.fidelity, args.teacher_min_agreement,
+                         f"the cheaper teacher (teacher_dtype={args.teacher_dtype}, teacher_quantization="
+                         f"{args.teacher_quantization}, teacher_compile={args.teacher_compile})")
 
     # ------------------------------------------------------------------ per step
 

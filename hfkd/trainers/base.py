@@ -21,6 +21,7 @@ from hfkd.objective.objective import Normalisers
 from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.trainers.internals import TrainerInternals
 from hfkd.trainers.qat import QuantizationAwareTraining
+from hfkd.trainers.sampling import LengthBucketedSampler, row_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,15 @@ class DistillationTrainerBase(TrainerInternals):
 
     def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
         raise NotImplementedError
+
+    def train_sampler(self, dataset: Any) -> Any:
+        """length_bucketing: batches of similar lengths in a (seed, epoch)-determined random order."""
+        if not self.args.length_bucketing or dataset is None:
+            return super().train_sampler(dataset)
+        input_name = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthBucketedSampler(row_lengths(dataset, self.args.length_column_name, input_name),
+                                     self._train_batch_size, self.args.bucket_megabatch, seed)
 
     def normalisers(self, local_items: int, num_items_in_batch: Any) -> Normalisers:
         return Normalisers.for_step(

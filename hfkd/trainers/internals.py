@@ -11,6 +11,8 @@ upgrade that changes it fails there first, loudly:
   gathered DeepSpeed/FSDP state dict without the width projections).
 - `_save_checkpoint`: extra files inside each checkpoint folder (the width projections).
 - `_load_from_checkpoint`: restoring them on resume (and the peers from their folders).
+- `_get_train_sampler`: the training sampler (length-bucketed batches, `hfkd.trainers.sampling`);
+  `get_train_dataloader` passes it to `_get_dataloader`, which offers no public sampler hook.
 - `push_to_hub` / `_push_from_checkpoint`: every Hub upload leaves out `HUB_IGNORE_PATTERNS` (the
   pickled `training_args.bin`, which runs code when unpickled), by wrapping the `hf_api()` that
   `transformers.trainer` calls for `upload_folder`.
@@ -77,7 +79,14 @@ class TrainerInternals(Trainer):
         """Restore the model (Trainer's `_load_from_checkpoint`)."""
         super()._load_from_checkpoint(folder, model)
 
+    def train_sampler(self, dataset: Any) -> Any:
+        """The sampler of the training DataLoader (Trainer's `_get_train_sampler`: per `train_sampling_strategy`)."""
+        return super()._get_train_sampler(dataset)
+
     # ------------------------------------------------------------------ the private overrides
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        return self.train_sampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()

@@ -98,3 +98,27 @@ def test_compiled_teacher_gives_the_same_logits():
     reference = seq_cls_pair()[0].eval()
     result = teacher_fidelity(reference, speed_up_teacher(teacher, compile=True), batches(), accepted_inputs=INPUTS)
     assert result["argmax_agreement"] == 1.0 and result["max_abs_logit_diff"] < 1e-4
+
+
+def test_a_bf16_cache_teacher_is_cast_in_place_with_its_fidelity_measured_against_float32():
+    from hfkd.teacher.fast import cast_with_fidelity
+
+    teacher, _ = seq_cls_pair()
+    float32_logits = teacher.eval()(**{k: v for k, v in next(batches(1)).items() if k in INPUTS}).logits
+    cast, fidelity = cast_with_fidelity(teacher, torch.bfloat16, lambda: batches(), min_agreement=0.0)
+    assert cast is teacher and next(cast.parameters()).dtype == torch.bfloat16
+    assert fidelity["items"] == 24 and 0.0 <= fidelity["argmax_agreement"] <= 1.0
+    # Measured against the uncast float32 weights (a bf16 reference would give 0): the first batch is among those
+    # compared, so the largest difference seen is at least that batch's.
+    bf16_logits = cast(**{k: v for k, v in next(batches(1)).items() if k in INPUTS}).logits.float()
+    assert fidelity["max_abs_logit_diff"] >= (float32_logits - bf16_logits).abs().max().item() - 1e-6
+    assert cast_with_fidelity(teacher, None, lambda: batches(), min_agreement=1.0)[1] is None  # no cast, no check
+
+
+def test_a_cache_teacher_below_the_agreement_bound_is_refused():
+    from hfkd.teacher.fast import require_fidelity
+
+    require_fidelity({"argmax_agreement": 0.99}, 0.99, "the teacher")
+    with pytest.raises(DistillationSetupError, match="the teacher agrees with the full teacher on 98.0% .* "
+                                                     "below teacher_min_agreement=0.99"):
+        require_fidelity({"argmax_agreement": 0.98}, 0.99, "the teacher")

@@ -24,6 +24,7 @@ def test_the_private_methods_overridden_exist_with_the_signatures_used():
         "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
         "_get_output_dir": ["self", "trial"],
         "_push_from_checkpoint": ["self", "checkpoint_folder"],
+        "_get_train_sampler": ["self", "train_dataset"],
     }
     for name, parameters in expected.items():
         assert list(inspect.signature(getattr(Trainer, name)).parameters) == parameters, name
@@ -36,6 +37,11 @@ def test_the_private_methods_overridden_exist_with_the_signatures_used():
     for push in (Trainer.push_to_hub, Trainer._push_from_checkpoint):
         assert "hf_api().upload_folder(" in inspect.getsource(push)
     assert callable(transformers.trainer.hf_api)
+    # train_sampler: the training DataLoader takes its sampler from _get_train_sampler, batches of
+    # _train_batch_size, and every epoch (a resumed one included) calls the sampler's set_epoch.
+    loader = inspect.getsource(Trainer.get_train_dataloader)
+    assert "sampler_fn=self._get_train_sampler" in loader and "batch_size=self._train_batch_size" in loader
+    assert "underlying_sampler.set_epoch(epoch)" in inspect.getsource(Trainer._run_epoch)
 
 
 class Recording(DistillationTrainer):
