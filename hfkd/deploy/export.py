@@ -272,7 +272,8 @@ def _write_artifact(model: nn.Module, folder: Path, format: str, quantize: str |
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(fp32, folder / ONNX_FILE, weight_type=QuantType.QInt8,
+        # Per output channel: what QAT (`qat_scheme='onnxruntime'`) trains for, and a smaller error.
+        quantize_dynamic(fp32, folder / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
                          use_external_data_format=(fp32.parent / f"{ONNX_FILE}.data").exists())
         checks.append(check(artifact_kind(format, quantize), OnnxRuntimeModel(folder / ONNX_FILE)))
         for leftover in fp32.parent.iterdir():
