@@ -13,7 +13,7 @@ Stages (each skipped with an empty list / 0; results are written after every sta
                its shards compared with the 1-process build's
     kill       a build with 512-row shards SIGKILLed once half its shards are written, then rerun:
                the rerun's wall time against a full build with the same shards
-    lm         SmolLM2-135M (converted from its GGUF, /work/teachers/smollm2) over N blocks of 128
+    lm         SmolLM2-135M (converted from its GGUF, outputs/smollm2) over N blocks of 128
                WikiText-2 tokens at top-k 50 (library call in a forked child: its peak RSS)
     step       training steps (batch 32, 3-layer student from the teacher's layers 0, 2, 4) from the
                cache (KD 0.8 at T = 2 + CE 0.2, no teacher) against the student alone (plain Trainer)
@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    KD_SETTINGS, ROOT, SST2_DIR, STUDENT_LAYERS, in_child, load_sst2, now, quiet_libraries, save_layer_student,
+    KD_SETTINGS, ROOT, SST2_DIR, STUDENT_LAYERS, in_child, load_sst2, now, quiet_libraries, save_layer_student, smollm2_teacher,
     trainer_settings, write_results,
 )
 import psutil
@@ -49,8 +49,8 @@ from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.report.render import markdown_table
 from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache
 
-SST2_TEACHER = "/work/teachers/sst2_8k"
-SMOLLM2 = "/work/teachers/smollm2"
+SST2_TEACHER = "outputs/sst2/teacher"
+SMOLLM2 = "outputs/smollm2"
 WIKITEXT = os.path.join(ROOT, "..", "shared", "data", "wikitext2", "valid.txt")
 LAUNCH = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu", "--num_processes",
           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hfkd"]
@@ -211,7 +211,7 @@ def lm_build(work: str, blocks: int) -> dict[str, Any]:
     import datasets
     from transformers import DataCollatorForLanguageModeling
 
-    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_teacher(SMOLLM2))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     with open(WIKITEXT, encoding="utf-8") as handle:
         ids = tokenizer(handle.read())["input_ids"]

@@ -1,6 +1,6 @@
 """Deployable artifacts of an SST-2 teacher and its 3-layer student: bytes, accuracy and latency of each.
 
-    flock /tmp/hfkd-bench.lock python scripts/benchmark_export.py --teacher_dir /work/teachers/sst2_8k \
+    python scripts/benchmark_export.py --teacher_dir outputs/sst2/teacher \
         --output_root outputs/export_bench
 
 Builds the student with `create_student(teacher, num_layers=3)` (no training unless --student_dir
@@ -35,7 +35,7 @@ EXPORTS = {"onnx-fp32": ("onnx", None), "onnx-int8": ("onnx", "int8"), "torch-in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher_dir", default="/work/teachers/sst2_8k")
+    parser.add_argument("--teacher_dir", default="outputs/sst2/teacher")
     parser.add_argument("--student_dir", help="A trained student folder (default: a 3-layer copy of the teacher).")
     parser.add_argument("--output_root", default="outputs/export_bench")
     parser.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Language-model distillation, off- and on-policy, and TRL's on-policy DistillationTrainer on the same work.
 
-    python scripts/benchmark_lm.py --teacher /work/teachers/smollm2 [--steps 30 --batch 4 --layers 10]
+    python scripts/benchmark_lm.py --teacher outputs/smollm2 [--steps 30 --batch 4 --layers 10]
 
 Teacher: SmolLM2-135M-Instruct (a folder converted from the GGUF file by `hfkd convert-gguf`). Student:
 `create_student(teacher, num_layers=--layers)` (copied Llama layers), fresh for every variant. Data:
@@ -36,7 +36,8 @@ import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    DATA_DIR, _reset_peak_rss, _status_kb, durations, in_child, now, quiet_libraries, write_results)
+    DATA_DIR, _reset_peak_rss, _status_kb, durations, in_child, now, quiet_libraries, smollm2_teacher,
+    write_results)
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback
@@ -60,7 +61,7 @@ SETTINGS = {
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="/work/teachers/smollm2")
+    parser.add_argument("--teacher", default="outputs/smollm2")
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4)
@@ -118,6 +119,7 @@ class Workload:
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.options = options
+        smollm2_teacher(options.teacher)
         self.tokenizer = AutoTokenizer.from_pretrained(options.teacher)
         self.tokenizer.padding_side = "right"
         wiki = os.path.join(DATA_DIR, "wikitext2")
@@ -348,7 +350,7 @@ def main() -> None:
     if "topk_cached" in options.variants:
         started = time.perf_counter()
         cache = build_teacher_cache(work.teacher(), lm_rows(work.train_rows),
-                                    DataCollatorForSeq2Seq(work.tokenizer, padding=True), "/tmp/hfkd_bench_lm_cache",
+                                    DataCollatorForSeq2Seq(work.tokenizer, padding=True), os.path.join(os.path.dirname(os.path.abspath(options.output)), "lm_teacher_cache"),
                                     batch_size=options.batch, top_k=options.top_k, temperature=1.0)
         results["cache_build_seconds"] = time.perf_counter() - started
     results["floor"] = in_child(on_policy_floor, work)

