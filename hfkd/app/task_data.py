@@ -175,9 +175,10 @@ class DataArguments:
             raise DataError("augment_copies > 0 needs augment_mlm: the path of a masked LM with a trained head")
         if self.augment_copies:
             self.augmentation_settings()  # validates prob and top_k
-        from hfkd.transfer.unlabeled import check_ratio
+        from hfkd.transfer.unlabeled import check_min_confidence, check_ratio
 
         check_ratio(self.unlabeled_ratio)
+        check_min_confidence(self.unlabeled_min_confidence)
 
     def augmentation_settings(self) -> Any:
         """The `hfkd.transfer.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""

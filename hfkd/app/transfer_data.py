@@ -28,10 +28,6 @@ from hfkd.app.task_data import (
 from hfkd.transfer.unlabeled import check_unlabeled_labels, filter_confident, mark_unlabeled, mix_unlabeled, warn_if_unreadable
 
 
-def wants_transfer_set(args: Any) -> bool:
-    return bool(args.unlabeled_file or args.unlabeled_dataset_name or args.unlabeled_rows_in_train)
-
-
 def split_off_unlabeled_rows(raw: datasets.DatasetDict, args: Any) -> tuple[datasets.DatasetDict, datasets.Dataset | None]:
     """With `unlabeled_rows_in_train`: the train rows whose label is empty leave the labelled split."""
     if not args.unlabeled_rows_in_train or "train" not in raw or args.label_column not in raw["train"].column_names:

@@ -69,6 +69,13 @@ def check_ratio(ratio: float | None) -> None:
         )
 
 
+def check_min_confidence(threshold: float | None) -> None:
+    if threshold is not None and not 0.0 <= threshold < 1.0:
+        raise TransferSetError(
+            f"unlabeled_min_confidence={threshold} must be in [0, 1): a teacher max-probability, e.g. 0.9"
+        )
+
+
 def check_unlabeled_labels(values: Sequence[Any], classes: Sequence[Any], where: str) -> None:
     """An unlabeled file's label column, if filled, must use the labelled set's classes (else: wrong file)."""
     filled = {value for value in values if value is not None and str(value).strip() not in ("", "-1", "-100")}
@@ -162,8 +169,7 @@ def teacher_confidence(logits: np.ndarray, num_classes: int) -> np.ndarray:
 
 def filter_confident(dataset: datasets.Dataset, threshold: float, num_classes: int) -> tuple[datasets.Dataset, ConfidenceFilter]:
     """Drop the unlabeled rows whose cached teacher max-probability is below `threshold`; labelled rows stay."""
-    if not 0.0 <= threshold < 1.0:
-        raise TransferSetError(f"unlabeled_min_confidence={threshold} must be in [0, 1)")
+    check_min_confidence(threshold)
     if "teacher_logits" not in dataset.column_names:
         raise TransferSetError(
             "unlabeled_min_confidence needs the teacher's cached full logits (teacher_cache_dir, hfkd cache-teacher, "

@@ -193,6 +193,17 @@ def test_unlabeled_ratio_out_of_range_is_refused(ratio):
         DataArguments(train_file="train.tsv", unlabeled_ratio=ratio)
 
 
+@pytest.mark.parametrize("threshold", [-0.1, 1.0, 2])
+def test_min_confidence_out_of_range_is_refused(threshold):
+    with pytest.raises(TransferSetError, match="unlabeled_min_confidence"):
+        DataArguments(train_file="train.tsv", unlabeled_min_confidence=threshold)
+
+
+def test_confidence_filter_needs_cached_logits():
+    with pytest.raises(TransferSetError, match="teacher_cache_dir"):
+        filter_confident(Dataset.from_dict({"input_ids": [[1]], "labels": [UNLABELED]}), 0.5, num_classes=2)
+
+
 def test_unlabeled_file_with_other_classes_is_refused(caplog):
     with pytest.raises(TransferSetError, match=r"labels \['spam'\] .* classes \['0', '1'\]"):
         check_unlabeled_labels(["spam", "1", ""], ["0", "1"], "the unlabeled data")
