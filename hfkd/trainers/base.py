@@ -79,6 +79,7 @@ class DistillationTrainerBase(TrainerInternals):
         self._term_steps = 0
         self._unlabeled_in_window: torch.Tensor | int = 0
         self._item_counts: dict[str, int] = defaultdict(int)  # labelled / all items since the last log
+        self._logs_item_counts = False  # from the first unlabeled row on
         self.nonfinite_guard: NonFiniteGuard | None = None
         if args.nonfinite_loss == "skip":
             self.nonfinite_guard = NonFiniteGuard(args.max_skipped_updates)
@@ -106,9 +107,10 @@ class DistillationTrainerBase(TrainerInternals):
         return batch_samples, num_items_in_batch
 
     def normalisers(self, local_items: int, num_items_in_batch: Any, local_all_items: int | None = None) -> Normalisers:
-        if local_all_items is not None and local_all_items != local_items:
+        if local_all_items is not None:
             self._item_counts["labelled_items"] += local_items
             self._item_counts["all_items"] += local_all_items
+            self._logs_item_counts = self._logs_item_counts or local_all_items != local_items
         return Normalisers.for_step(
             local_items, num_items_in_batch, getattr(self, "current_gradient_accumulation_steps", 1),
             self.accelerator.num_processes, self.args.average_tokens_across_devices,
@@ -161,7 +163,8 @@ class DistillationTrainerBase(TrainerInternals):
                 logs[name] = round(float(total) / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
-            logs.update(self._item_counts)  # a run with unlabeled rows: the items CE and KD covered
+            if self._logs_item_counts:  # a run with unlabeled rows: the items CE and KD covered
+                logs.update(self._item_counts)
             self._item_counts.clear()
             logs.update(self.extra_logs())
         if "loss" in logs and self.nonfinite_guard is not None:
