@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 UNKNOWN_SHARE_WARNING = 0.5  # above this share of unknown tokens the transfer set is probably unreadable
 
+
 class TransferSetError(HfkdError, ValueError):
     """A transfer set (unlabeled rows) that cannot be used as given: the message names the fix."""
 
@@ -47,7 +48,8 @@ def check_labelled_rows(dataset: Any, alpha_ce_used: bool) -> None:
     """Refuse CE over a train set whose rows are all unlabeled: the term would have nothing to learn from."""
     if not alpha_ce_used or getattr(dataset, "data", None) is None or "labels" not in dataset.column_names:
         return
-    labels = dataset.data.column("labels")
+    # Only the labels, in the dataset's own row selection (a select() leaves the Arrow table whole).
+    labels = dataset.select_columns(["labels"]).flatten_indices(keep_in_memory=True).data.column("labels")
     if hasattr(labels.type, "value_type"):
         labels = pc.list_flatten(labels)
     if not pa.types.is_integer(labels.type) or len(labels) == 0:

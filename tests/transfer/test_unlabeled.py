@@ -185,6 +185,9 @@ def test_all_rows_unlabeled_with_ce_is_refused(tmp_path):
     with pytest.raises(TransferSetError, match="no labelled row.*alpha_ce=0"):
         DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=data)
     DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, alpha_ce=0.0), train_dataset=data)
+    selected = mixed(seq_cls_dataset(n=4), rows=[2, 3]).select([2, 3])  # the selection, not the table, counts
+    with pytest.raises(TransferSetError, match="no labelled row"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=selected)
 
 
 @pytest.mark.parametrize("ratio", [0, -1.0, float("inf"), float("nan")])
