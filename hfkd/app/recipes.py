@@ -24,6 +24,7 @@ from hfkd.app.prompt_data import is_prompt_data, prepare_prompt_datasets
 from hfkd.trainers.on_policy import on_policy_enabled
 from hfkd.io import recover, staged
 from hfkd.config import DistillationConfig, cpu_only_multiprocess
+from hfkd.app.transfer_data import apply_confidence_filter
 from hfkd.app.task_data import (
     DataArguments,
     build_data_collator,
@@ -323,6 +324,8 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args:
     check_sequence_length(data_args, *teachers, student)
     use_eos_for_padding(tokenizer, *teachers, student)
     datasets = use_teacher_cache(teachers, datasets, tokenizer, data_args, args)  # hfkd cache-teacher's output, if any
+    if "train" in datasets:  # unlabeled_min_confidence: on the cached teacher outputs
+        datasets["train"] = apply_confidence_filter(datasets["train"], data_args, teacher.config.num_labels)
     trainer_kwargs = task_trainer_kwargs(task, datasets, tokenizer, data_args, labels)
     trainer_kwargs["processing_class"] = student_tokenizer(model_args) or tokenizer
     trainer = DistillationTrainer(

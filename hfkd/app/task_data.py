@@ -131,6 +131,27 @@ class DataArguments:
     augment_prob: float = option(0.4, "Probability that an augmented copy replaces a given word (TinyBERT: 0.4).")
     augment_top_k: int = option(15, "Replacements are drawn from the MLM's top-k guesses (TinyBERT: 15).")
     augment_seed: int = option(42, "Seed of the augmentation draws.")
+    unlabeled_file: Optional[str] = option(
+        None,
+        "Transfer set (sequence classification): a file of in-domain texts without labels, same text "
+        "columns and formats as train_file; CE skips its rows, KD covers them (docs/transfer-sets.md).",
+    )
+    unlabeled_dataset_name: Optional[str] = option(
+        None, "Transfer set from the train split of a Hub dataset or local folder (as unlabeled_file)."
+    )
+    unlabeled_rows_in_train: bool = option(
+        False, "Train rows with an empty label are unlabeled transfer rows (otherwise refused)."
+    )
+    max_unlabeled_samples: Optional[int] = option(None, "Use N unlabeled rows (a sample seeded by subset_seed).")
+    unlabeled_ratio: Optional[float] = option(
+        None,
+        "Unlabeled rows per labelled row (e.g. 2.0), sampled from the transfer set; rows are shuffled "
+        "together, so each batch holds this ratio on average. Default: every unlabeled row.",
+    )
+    unlabeled_min_confidence: Optional[float] = option(
+        None,
+        "Drop unlabeled rows whose teacher max-probability is below this (needs the teacher cache).",
+    )
 
     def __post_init__(self) -> None:
         files = (self.train_file, self.validation_file, self.test_file)
@@ -145,6 +166,7 @@ class DataArguments:
             "max_seq_length",
             "max_train_samples",
             "max_eval_samples",
+            "max_unlabeled_samples",
             "block_size",
             "preprocessing_num_workers",
         ):
@@ -159,6 +181,10 @@ class DataArguments:
             raise DataError("augment_copies > 0 needs augment_mlm: the path of a masked LM with a trained head")
         if self.augment_copies:
             self.augmentation_settings()  # validates prob and top_k
+        from hfkd.transfer.unlabeled import check_min_confidence, check_ratio
+
+        check_ratio(self.unlabeled_ratio)
+        check_min_confidence(self.unlabeled_min_confidence)
 
     def augmentation_settings(self) -> Any:
         """The `hfkd.transfer.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""
@@ -231,6 +257,9 @@ def prepare_classification_datasets(
     Tokenization truncates to max_seq_length without padding: pad per batch with
     `DataCollatorWithPadding` (see `build_data_collator`).
     """
+    from hfkd.app.transfer_data import add_transfer_set, load_unlabeled, split_off_unlabeled_rows
+
+    raw, unlabeled_train_rows = split_off_unlabeled_rows(raw, args)
     columns = _reference_split(raw).column_names
     text_column, pair_column = _text_columns(columns, args)
     for split, dataset in raw.items():
@@ -244,6 +273,7 @@ def prepare_classification_datasets(
         _require_filled_labels(raw[split], split, args.label_column)
     label_list, encode = _label_encoding({split: raw[split] for split in labeled}, args.label_column, label2id,
                                          num_classes)
+    unlabeled = load_unlabeled(args, unlabeled_train_rows, (text_column, pair_column), label_list)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         pairs = batch[pair_column] if pair_column is not None else None
@@ -267,6 +297,8 @@ def prepare_classification_datasets(
             num_proc=args.preprocessing_num_workers,
             desc=f"Tokenizing {split}",
         )
+        if split == "train":
+            processed[split] = add_transfer_set(processed[split], unlabeled, tokenize, tokenizer, args)
     return processed, label_list
 
 
@@ -313,7 +345,7 @@ def prepare_token_classification_datasets(
     else "ner_tags"/"tags"/...; tags may be strings of `label_list` or ids into it. Needs a fast
     tokenizer (for `word_ids`). Pad with `DataCollatorForTokenClassification`.
     """
-    _refuse_augmentation(args, "token classification")
+    _refuse_sequence_classification_options(args, "token classification")
     if not tokenizer.is_fast:
         raise DataError(
             f"token classification needs a fast tokenizer (word_ids), got {type(tokenizer).__name__}: "
@@ -376,7 +408,7 @@ def prepare_lm_datasets(
     """
     if task not in _LM_TASKS:
         raise ValueError(f"task={task!r}: use one of {', '.join(_LM_TASKS)}")
-    _refuse_augmentation(args, task)
+    _refuse_sequence_classification_options(args, task)
     block_size = args.block_size or args.max_seq_length
     if block_size > tokenizer.model_max_length:
         raise DataError(
@@ -441,10 +473,15 @@ def build_data_collator(
     raise ValueError(f"unknown task {task!r}")
 
 
-def _refuse_augmentation(args: DataArguments, task: str) -> None:
+def _refuse_sequence_classification_options(args: DataArguments, task: str) -> None:
     if args.augment_copies:
         raise DataError(
             f"augment_copies is for sequence classification (word replacement would break {task} labels): unset it"
+        )
+    if args.unlabeled_file or args.unlabeled_dataset_name or args.unlabeled_rows_in_train:
+        raise DataError(
+            f"the recipes read transfer sets for sequence classification; for {task}, mark unlabeled rows with "
+            "labels -100 yourself (docs/transfer-sets.md) and unset unlabeled_file/unlabeled_dataset_name"
         )
 
 
@@ -667,7 +704,8 @@ def _require_filled_labels(dataset: datasets.Dataset, split: str, column: str) -
     row = _first_blank_row(values) if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) \
         else _first_index(pc.is_null(values))
     if row is not None:
-        raise DataError(f"row {row} of the {split} split has an empty {column!r} label: fill or drop that row")
+        raise DataError(f"row {row} of the {split} split has an empty {column!r} label: fill or drop that row"
+                        + (", or set unlabeled_rows_in_train to use it as a transfer row" if split == "train" else ""))
 
 
 def _first_blank_row(values: Any) -> int | None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hfkd.models import DistillationSetupError, task_of
+from hfkd.objective.items import UNLABELED, with_unlabeled_rows
 from hfkd.objective.layer_mapping import resolve_layer_mapping
 from hfkd.objective.losses import require_several_classes
 from hfkd.objective.projections import WidthProjections
@@ -30,7 +31,8 @@ def aligned(
     """Logits, labels and item mask; shifted for causal LMs (position t predicts token t+1).
 
     The mask is None for sequence tasks (every row counts); for token tasks it selects labels
-    != -100, or the attention mask when there are no labels.
+    != -100 (and the attended positions of unlabeled rows, `hfkd.objective.items`), or the
+    attention mask when there are no labels.
     """
     if logits.dim() == 2:
         return logits, labels, None
@@ -39,7 +41,8 @@ def aligned(
         labels = labels[:, 1:] if labels is not None else None
         attention_mask = attention_mask[:, 1:] if attention_mask is not None else None
     if labels is not None:
-        return logits, labels, labels.ne(-100)
+        mask = labels.ne(UNLABELED)
+        return logits, labels, mask if causal else with_unlabeled_rows(mask, attention_mask)
     if attention_mask is not None:
         return logits, None, attention_mask.bool()
     return logits, None, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
@@ -49,31 +52,48 @@ def aligned(
 class Normalisers:
     """Scalers that make gradient accumulation (and DDP averaging) exact.
 
-    `per_item` terms are sums divided by the label count of the whole accumulated batch
-    (`num_items_in_batch`, summed over processes by Trainer); `per_step` terms are micro-batch means
-    divided by the number of accumulation steps. `local_items` is this micro-batch's count (logging).
+    `per_item` terms are sums divided by the item count of the whole accumulated batch (summed over
+    processes): a term that needs labels by the labelled items (Trainer's `num_items_in_batch`),
+    any other by all items, unlabeled rows included (`hfkd.objective.items`). `per_step` terms are
+    micro-batch means divided by the number of accumulation steps. `local_items` /
+    `local_all_items` are this micro-batch's counts (logging).
     """
 
     local_items: int
+    local_all_items: int
     items: Callable[[Tensor], Tensor]
+    all_items: Callable[[Tensor], Tensor]
     steps: Callable[[Tensor], Tensor]
 
     @classmethod
     def for_step(cls, local_items: int, num_items_in_batch: Any, accumulation_steps: int,
-                 processes: int, average_across_devices: bool) -> Normalisers:
+                 processes: int, average_across_devices: bool, local_all_items: int | None = None,
+                 unlabeled_in_window: Any = 0) -> Normalisers:
         steps = accumulation_steps or 1
+        local_all = local_items if local_all_items is None else local_all_items
         if num_items_in_batch is None:
-            denominator = local_items * steps
-            return cls(local_items, lambda v: v / denominator, lambda v: v / steps)
+            return cls(local_items, local_all, lambda v: v / (local_items * steps),
+                       lambda v: v / (local_all * steps), lambda v: v / steps)
         scale = processes if average_across_devices and processes > 1 else 1
-        return cls(local_items, lambda v: v * scale / num_items_in_batch, lambda v: v / steps)
+        labelled = _at_least_one(num_items_in_batch)  # a window of unlabeled rows only: CE sums to 0
+        every = _at_least_one(num_items_in_batch + unlabeled_in_window)
+        return cls(local_items, local_all, lambda v: v * scale / labelled, lambda v: v * scale / every,
+                   lambda v: v / steps)
 
     def normalise(self, term: Term, value: Tensor) -> Tensor:
-        return self.items(value) if term.normalise == "per_item" else self.steps(value)
+        if term.normalise == "per_step":
+            return self.steps(value)
+        return self.items(value) if "labels" in term.needs else self.all_items(value)
 
     def shown(self, term: Term, value: Tensor) -> Tensor:
         """The value logged: a per-item mean, whatever the accumulation window."""
-        return value / self.local_items if term.normalise == "per_item" else value
+        if term.normalise == "per_step":
+            return value
+        return value / (self.local_items if "labels" in term.needs else self.local_all_items)
+
+
+def _at_least_one(count: Any) -> Any:
+    return count.clamp(min=1) if torch.is_tensor(count) else max(count, 1)
 
 
 class Objective:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from hfkd.models import only
+from hfkd.models import is_causal_lm, only
+from hfkd.objective.items import window_unlabeled_items
 from hfkd.objective.objective import Normalisers
 from hfkd.trainers.checkpoints import checked_resume_checkpoint
 from hfkd.trainers.internals import TrainerInternals
@@ -78,6 +79,9 @@ class DistillationTrainerBase(TrainerInternals):
         self.model_accepts_loss_kwargs = True
         self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._term_steps = 0
+        self._unlabeled_in_window: torch.Tensor | int = 0
+        self._item_counts: dict[str, int] = defaultdict(int)  # labelled / all items since the last log
+        self._logs_item_counts = False  # from the first unlabeled row on
         self.nonfinite_guard: NonFiniteGuard | None = None
         if args.nonfinite_loss == "skip":
             self.nonfinite_guard = NonFiniteGuard(args.max_skipped_updates)
@@ -105,10 +109,25 @@ class DistillationTrainerBase(TrainerInternals):
         return LengthBucketedSampler(row_lengths(dataset, self.args.length_column_name, input_name),
                                      self._train_batch_size, self.args.bucket_megabatch, seed)
 
-    def normalisers(self, local_items: int, num_items_in_batch: Any) -> Normalisers:
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        """Stock (one accumulation window and its labelled item count), plus the window's unlabeled
+        items, counted the same way (over processes too), which KD-like terms are normalised by."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        unlabeled = window_unlabeled_items(batch_samples, is_causal_lm(self.model))
+        if torch.is_tensor(unlabeled) and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            unlabeled = self.accelerator.gather(unlabeled.to(device)).sum()
+        self._unlabeled_in_window = unlabeled.to(device) if torch.is_tensor(unlabeled) else unlabeled
+        return batch_samples, num_items_in_batch
+
+    def normalisers(self, local_items: int, num_items_in_batch: Any, local_all_items: int | None = None) -> Normalisers:
+        if local_all_items is not None:
+            self._item_counts["labelled_items"] += local_items
+            self._item_counts["all_items"] += local_all_items
+            self._logs_item_counts = self._logs_item_counts or local_all_items != local_items
         return Normalisers.for_step(
             local_items, num_items_in_batch, getattr(self, "current_gradient_accumulation_steps", 1),
             self.accelerator.num_processes, self.args.average_tokens_across_devices,
+            local_all_items, self._unlabeled_in_window,
         )
 
     def compute_loss(
@@ -157,6 +176,9 @@ class DistillationTrainerBase(TrainerInternals):
                 logs[name] = round(float(total) / self._term_steps, 6)
             self._term_sums.clear()
             self._term_steps = 0
+            if self._logs_item_counts:  # a run with unlabeled rows: the items CE and KD covered
+                logs.update(self._item_counts)
+            self._item_counts.clear()
             logs.update(self.extra_logs())
         if "loss" in logs and self.nonfinite_guard is not None:
             logs["skipped_updates"] = self.skipped_updates

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from hfkd.config import DistillationConfig
 from hfkd.models import check_sequence_length, forward_arg_names, is_causal_lm, only, require_attentions, task_of
+from hfkd.objective.items import local_counts
 from hfkd.objective.objective import Objective
 from hfkd.objective.projections import WidthProjections
 from hfkd.objective.schedules import DistillationSchedule
@@ -33,6 +34,7 @@ from hfkd.teacher.cache import (
     has_teacher_cache,
 )
 from hfkd.teacher.teachers import Teachers
+from hfkd.transfer.unlabeled import check_labelled_rows
 from hfkd.trainers.base import DistillationTrainerBase, Terms
 from hfkd.trainers.on_policy import ON_POLICY_COLUMNS, on_policy_setup
 
@@ -77,6 +79,7 @@ class DistillationTrainer(DistillationTrainerBase):
         # Trainer's positional order is (model, args, data_collator, train_dataset, ...).
         train_dataset = trainer_kwargs.get("train_dataset", trainer_args[1] if len(trainer_args) > 1 else None)
         self.cached = has_teacher_cache(train_dataset)
+        check_labelled_rows(train_dataset, args.uses("ce"))
         self.teachers_side = Teachers(sources, model, args, trainer_kwargs.get("processing_class"),
                                       teacher_processing_class, needed=args.needs_teacher)
         self.on_policy, trainer_args, trainer_kwargs = on_policy_setup(self, model, args, trainer_args, trainer_kwargs)
@@ -202,9 +205,9 @@ class DistillationTrainer(DistillationTrainerBase):
             kd_target = self.teachers_side.kd_target(inputs, teacher_out, outputs.logits.shape[-1], temperature)
         ctx = self.objective.context(outputs, teacher_out, inputs, temperature, kd_target, topk,
                                      (student_qkv, teacher_qkv))
-        # One host sync per step for the local item count (used for normalising and logging).
-        local_items = max(int(ctx.mask.sum()) if ctx.mask is not None else ctx.student_logits.shape[0], 1)
-        normalisers = self.normalisers(local_items, num_items_in_batch)
+        # One host sync per step for the local item counts, labelled and all (normalising and logging).
+        labelled_items, all_items = local_counts(ctx.labels, ctx.mask, ctx.student_logits.shape[0])
+        normalisers = self.normalisers(labelled_items, num_items_in_batch, all_items)
         terms = {term.log_key: (weights[term.name] * normalisers.normalise(term, value), normalisers.shown(term, value))
                  for term, value in self.objective.values(active, ctx).items()}
         return terms, outputs

@@ -122,6 +122,8 @@ def bad_inputs(workspace):
     tokenizer.save_pretrained(root / "bare")
     (root / "empty.csv").write_text("text,label\n")
     (root / "outside.csv").write_text("text,label\nwhat is it,abbr\nwhere is it,planet\n")
+    (root / "spam.csv").write_text("text,label\nbuy now,spam\nwhere is it,loc\n")  # a transfer set of another task
+    (root / "pile.csv").write_text("text\nwhere is it\nwhat is it\n")
     (root / "previous" / "checkpoint-3").mkdir(parents=True, exist_ok=True)
     cli_main(["cache-teacher", "--teacher_model_name_or_path", str(workspace / "teacher6"),
               "--teacher_cache_dir", str(root / "cache"), *common(workspace, "cache_run")])
@@ -148,6 +150,10 @@ def bad_inputs(workspace):
         (["--alpha_kd", "-1"], "alpha_kd must be a finite number >= 0, got -1"),
         (["--validation_file", "BAD/empty.csv"], "empty.csv has no rows: point it at a file with examples"),
         (["--validation_file", "BAD/outside.csv"], "data labels ['planet'] are not in the model's label2id"),
+        (["--unlabeled_file", "BAD/spam.csv"], "has labels ['spam'] that are not among the labelled set's classes"),
+        (["--unlabeled_file", "BAD/spam.csv", "--unlabeled_ratio", "0"], "unlabeled_ratio=0.0 must be a finite number > 0"),
+        (["--unlabeled_file", "BAD/pile.csv", "--unlabeled_min_confidence", "0.5"],
+         "unlabeled_min_confidence needs the teacher's cached full logits"),
         (["--teacher_cache_dir", "BAD/cache", "--max_seq_length", "24"], "stale teacher cache in"),
         (["--use_peft"], "use_peft with a student built from the teacher"),
         (["--student_model_name_or_path", "BAD/student_swapped"], "tokenizers differ in"),
@@ -337,3 +343,17 @@ def test_recipe_lora_student_two_teachers_and_schedules(workspace, tmp_path):
 
     reloaded = AutoPeftModelForSequenceClassification.from_pretrained(out)  # base found via adapter_config
     assert reloaded.get_base_model().config.num_hidden_layers == 2
+
+
+def test_distill_with_a_transfer_set_from_the_teacher_cache(workspace, tmp_path):
+    """cache-teacher caches the unlabeled rows too; distill trains from the cache, CE on the 60 labelled
+    rows, KD on all 84, and the confidence filter (0: keep all) runs on the cached logits."""
+    (tmp_path / "pile.csv").write_text("text\n" + "".join(f"where is the place {i}\n" for i in range(24)))
+    flags = ["--teacher_model_name_or_path", str(workspace / "teacher6"), *common(workspace, "unused"),
+             "--output_dir", str(tmp_path / "out"), "--unlabeled_file", str(tmp_path / "pile.csv"),
+             "--teacher_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--unlabeled_min_confidence", "0.0"]
+    cli_main(["cache-teacher", *flags])  # the same data flags as distill's: its cache is of the same rows
+    main(run_distillation, [*flags, "--student_num_layers", "1"])
+    logs = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    counted = [h for h in logs if "all_items" in h]
+    assert sum(h["all_items"] for h in counted) == 2 * 84 and sum(h["labelled_items"] for h in counted) == 2 * 60
