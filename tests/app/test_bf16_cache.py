@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import datasets
 import pytest
 from transformers import BertTokenizerFast
 
 from conftest import VOCAB, seq_cls_pair
+from hfkd.teacher.cache.read import load_teacher_cache
+from hfkd.teacher.cache.shards import read_manifest
 
 
 def test_a_bf16_cache_build_checks_the_bound_and_distill_finds_the_bf16_cache(tmp_path, capsys):
@@ -29,7 +30,8 @@ def test_a_bf16_cache_build_checks_the_bound_and_distill_finds_the_bf16_cache(tm
         "teacher_dtype: bfloat16\nteacher_min_agreement: 0.0\n")
     config = ["--config", str(tmp_path / "c.yaml")]
     cli(["cache-teacher", *config])
-    assert len(datasets.load_from_disk(str(tmp_path / "cache"))) == 24
+    cache = str(tmp_path / "cache")
+    assert len(load_teacher_cache(cache, read_manifest(cache))) == 24
     # distill with the same teacher_dtype trains from that cache (a float32 run would find it stale)
     recipe(run_distillation, [*config, "--output_dir", str(tmp_path / "student")])
     with pytest.raises(SystemExit):
