@@ -170,6 +170,16 @@ def shared_reference_csv() -> str | None:
     return next((os.path.normpath(path) for path in found if os.path.isfile(path)), None)
 
 
+def own_tokenizations(options: argparse.Namespace, rows: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The evaluation rows tokenized by each row's own tokenizer where its vocabulary is not the
+    teacher's (a trimmed student): name -> dataset. Rows sharing the teacher's vocabulary are absent."""
+    from transformers import AutoTokenizer
+
+    teacher_vocabulary = AutoTokenizer.from_pretrained(options.teacher).get_vocab()
+    return {name: evaluation_data(options, path)["dataset"] for name, path in rows
+            if AutoTokenizer.from_pretrained(path).get_vocab() != teacher_vocabulary}
+
+
 def main(argv: Sequence[str]) -> dict[str, Any]:
     from hfkd.report import build_report, write_report
 
@@ -188,6 +198,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         teacher_name=os.path.basename(os.path.normpath(options.teacher)),
         repeats=options.repeats,
         references=references,
+        eval_datasets=own_tokenizations(options, rows),
     )
     paths = write_report(report, options.output_dir)
     print(paths["markdown"].read_text(encoding="utf-8"))

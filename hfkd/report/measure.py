@@ -128,7 +128,9 @@ def measure_latencies(
 ) -> dict[str, dict[str, Any]]:
     """Forward-pass latency (ms) per batch size, timed interleaved across `models`.
 
-    `inputs` is either a callable `batch_size -> dict of tensors` or an eval dataset. From a
+    `inputs` is either a callable `batch_size -> dict of tensors`, an eval dataset, or a mapping of
+    model name -> eval dataset when models read different tokenizations of the same rows (a trimmed
+    vocabulary): the same seeded rows then go to every model, each in its own tokens. From a
     dataset, batches are consecutive chunks of a fixed seeded shuffle (cycled if the set is small),
     collated with `data_collator` (default: `default_data_collator`) exactly as in evaluation, so
     padding and sequence lengths are realistic; `max_length` truncates examples first. Repeat `r`
@@ -153,7 +155,8 @@ def measure_latencies(
     with _eval_mode(*models.values()), torch.inference_mode():
         for batch_size in batch_sizes:
             key = f"batch_{batch_size}"
-            batches = _latency_batches(inputs, batch_size, repeats, max_length, seed)
+            batches = {name: _latency_batches(inputs[name] if isinstance(inputs, Mapping) else inputs,
+                                              batch_size, repeats, max_length, seed) for name in models}
             seq_len, stats = _time_interleaved(
                 models, batches, data_collator, warmup, repeats, best_of
             )
@@ -179,6 +182,7 @@ def build_report(
     teacher_name: str | None = None,
     eval_batch_size: int = 64,
     references: Sequence[Mapping[str, Any]] | None = None,
+    eval_datasets: Mapping[str, Any] | None = None,
     **latency: Any,
 ) -> dict[str, Any]:
     """Measure the teacher and each student and rank the students by DM (`params` as size).
@@ -186,7 +190,9 @@ def build_report(
     Models may be given as objects or folders: a saved model folder (loaded with the class in its
     config) or an `hfkd export` folder, run as that artifact (ONNX in ONNX Runtime, int8 as int8);
     every row is scored and timed the same way and gets DM by parameters and by bytes on disk.
-    `references` (published pairs, `hfkd.report.io.read_references`) are stored for the plot. Scores
+    `references` (published pairs, `hfkd.report.io.read_references`) are stored for the plot.
+    `eval_datasets` gives a row its own tokenization of `eval_dataset`'s rows (by name: a student
+    with a trimmed vocabulary is scored and timed on what its own tokenizer makes of the text). Scores
     are `metrics[metric_name]`; a student's DM is null (with `distillation_metric_error`) when the
     teacher's score makes DM undefined (e.g. 0), so one bad metric does not lose the whole report.
     `latency` takes `measure_latencies`' settings (`batch_sizes`, `warmup`, `repeats`, `best_of`,
@@ -200,12 +206,13 @@ def build_report(
     # smallest first: the speed-up and table use it
     batch_sizes = settings["batch_sizes"] = sorted(set(settings["batch_sizes"]))
     named = _named_sources(teacher, students, teacher_name)
+    datasets = {name: (eval_datasets or {}).get(name, eval_dataset) for name, _ in named}
     models, entries = {}, {}
     for name, source in named:
         models[name], entries[name] = _measure_model(
-            name, source, eval_dataset, data_collator, compute_metrics, metric_name, eval_batch_size
+            name, source, datasets[name], data_collator, compute_metrics, metric_name, eval_batch_size
         )
-    latencies = measure_latencies(models, eval_dataset, data_collator, **settings)
+    latencies = measure_latencies(models, datasets, data_collator, **settings)
     teacher_name = named[0][0]
     teacher_entry, teacher_latency = entries[teacher_name], latencies[teacher_name]
     for name, entry in entries.items():
@@ -420,26 +427,27 @@ def _dm_fields(
 
 def _time_interleaved(
     models: Mapping[str, nn.Module],
-    batches: list[list[dict[str, Any]] | dict[str, Any]],
+    batches: Mapping[str, list[list[dict[str, Any]] | dict[str, Any]]],
     data_collator: Collator | None,
     warmup: int,
     repeats: int,
     best_of: int,
 ) -> tuple[float | None, dict[str, dict[str, float]]]:
-    """Mean padded length of `batches` and, per model, p50/p90/mean ms over `repeats` rotations."""
+    """Mean padded length of the first model's batches and, per model, p50/p90/mean ms over
+    `repeats` rotations (`batches`: each model's own, the same rows)."""
     names = list(models)
     prepared = {
-        name: [_prepare_inputs(b, models[name], data_collator) for b in batches] for name in names
+        name: [_prepare_inputs(b, models[name], data_collator) for b in batches[name]] for name in names
     }
     lengths = [_seq_len(b) for b in prepared[names[0]]]
     seq_len = float(np.mean(lengths)) if all(n is not None for n in lengths) else None
     for name in names:
         for i in range(warmup):
-            models[name](**prepared[name][i % len(batches)])
+            models[name](**prepared[name][i % len(prepared[name])])
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(_time_call(models[name], prepared[name][r % len(batches)], best_of))
+            times[name].append(_time_call(models[name], prepared[name][r % len(prepared[name])], best_of))
     stats = {}
     for name, samples in times.items():
         ms = np.asarray(samples)

@@ -163,3 +163,27 @@ def test_cli_artifact_rows_and_references(tmp_path: Path, monkeypatch) -> None:
     found = reference_rows(None)  # falls back to ../shared beside the checkout when it exists
     assert found == (read_references(SHARED_DIR / "reference" / "distillation_metric_cases.csv")
                      if (SHARED_DIR / "reference" / "distillation_metric_cases.csv").is_file() else [])
+
+
+def test_a_trimmed_student_is_scored_and_timed_in_its_own_tokens(tmp_path, seq_cls_dir, eval_set, tokenizer) -> None:
+    """A student whose vocabulary was trimmed to the evaluation texts reads its own token ids: with
+    them (`eval_datasets`) it scores what its untrimmed source scores (the same outputs on those texts);
+    its ids are not the teacher's, so the teacher's tokenization would index past its embedding."""
+    from transformers import AutoTokenizer
+
+    from hfkd.deploy.vocabulary import trim_vocabulary
+
+    model = BertForSequenceClassification.from_pretrained(seq_cls_dir)
+    trimmed_model, trimmed_tokenizer, _ = trim_vocabulary(model, AutoTokenizer.from_pretrained(seq_cls_dir),
+                                                          list(CHECK_TEXTS))
+    trimmed = tmp_path / "trimmed"
+    trimmed_model.save_pretrained(trimmed)
+    trimmed_tokenizer.save_pretrained(trimmed)
+    own = Dataset.from_dict({**trimmed_tokenizer(list(CHECK_TEXTS)), "labels": eval_set["labels"]})
+    assert max(max(ids) for ids in eval_set["input_ids"]) >= trimmed_model.config.vocab_size
+    report = build_report(str(seq_cls_dir), [("trimmed", str(trimmed))], eval_set, DataCollatorWithPadding(tokenizer),
+                          accuracy, teacher_name="source", batch_sizes=(1, 4), warmup=1, repeats=2, best_of=1,
+                          eval_datasets={"trimmed": own})
+    assert report["students"][0]["score"] == report["teacher"]["score"] == 1.0
+    assert report["students"][0]["params"] < report["teacher"]["params"]
+    assert set(report["students"][0]["latency_ms"]) == {"batch_1", "batch_4"}
