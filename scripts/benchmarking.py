@@ -248,6 +248,7 @@ def forward_times(model: torch.nn.Module, batches: Iterable[dict], warmup: int) 
 
 def write_results(json_path: str, results: dict, markdown: str) -> None:
     """`json_path` and the Markdown beside it (same name, .md), each written atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     atomic_write(json_path, json.dumps(results, indent=2))
     atomic_write(os.path.splitext(json_path)[0] + ".md", markdown + "\n")
 
