@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 
-from benchmarking import CONFIGS, SST2_DIR, data_flags, ensure_teacher, quiet_libraries, write_results
+from benchmarking import CONFIGS, SST2_DIR, cpu_name, data_flags, ensure_teacher, quiet_libraries, write_results
 
 from hfkd.app.export_cli import export_main
 from hfkd.app.recipes import main as run_recipe
@@ -127,7 +126,7 @@ def summarise(results: list[dict], options: argparse.Namespace) -> str:
                           f"{rows[0]['speedup']:.2f}×"])
     teacher = results[0]["teacher_score"]
     header = (f"Teacher {options.teacher_dir}: {100 * teacher:.2f}% SST-2 dev. {options.train_samples:,} labelled "
-              f"sentences; seeds {options.seeds}. CPU: {platform.processor() or platform.machine()}.")
+              f"sentences; seeds {options.seeds}. CPU: {cpu_name()}.")
     return header + "\n\n" + markdown_table(
         ["student", "run / artifact", "params", "MB", "dev accuracy % (seeds)", "kept of teacher",
          f"DM (α={ALPHA}) by params", "DM by bytes", "batch-1 speed-up (seed 1)"], cells)

@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    KD_SETTINGS, SST2_DIR, device, in_child, load_sst2, quiet_libraries, trainer_settings, write_results,
+    KD_SETTINGS, cpu_name, SST2_DIR, device, in_child, load_sst2, quiet_libraries, trainer_settings, write_results,
 )
 import numpy as np
 import torch
@@ -245,11 +245,6 @@ def plot(report: dict, path: str) -> None:
     staging = path + ".tmp.png"
     figure.savefig(staging, dpi=90)
     os.replace(staging, path)  # atomic, like the JSON and Markdown
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import argparse
 import os
 import random
 
-from benchmarking import PRETRAINED, SST2_DIR, STUDENT_LAYERS, quiet_libraries, write_results
+from benchmarking import PRETRAINED, SST2_DIR, STUDENT_LAYERS, cpu_name, quiet_libraries, write_results
 
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
@@ -132,11 +132,6 @@ def markdown(sizes_: list[dict], accuracies: list[dict]) -> str:
               str(a["dev_predictions_changed"]), f"{a['train_max_abs_logit_difference']:.3g} ({a['train_checked']:,})",
               str(a["train_predictions_changed"])] for a in accuracies])
     return table
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown")
 
 
 def main() -> None:

@@ -246,6 +246,12 @@ def forward_times(model: torch.nn.Module, batches: Iterable[dict], warmup: int) 
 # ---------------------------------------------------------------- results
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), quoted with every timing: machines differ between runs."""
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown")
+
+
 def write_results(json_path: str, results: dict, markdown: str) -> None:
     """`json_path` and the Markdown beside it (same name, .md), each written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
