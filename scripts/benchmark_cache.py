@@ -100,8 +100,9 @@ def main() -> None:
     if options.step_rows:
         cache = next((b for b in results["build"] if b["rows"] == options.step_rows), None)
         cache_dir = cache["cache_dir"] if cache else cli_build(options.teacher, work, options.step_rows, 1)["cache_dir"]
-        results["step"] = {"rows": options.step_rows, "student_only": in_child(train_steps, work, None, options.steps),
-                           "cached": in_child(train_steps, work, cache_dir, options.steps)}
+        results["step"] = {"rows": options.step_rows,
+                           "student_only": in_child(train_steps, options.teacher, work, None, options.steps),
+                           "cached": in_child(train_steps, options.teacher, work, cache_dir, options.steps)}
         results["step"]["ratio"] = round(results["step"]["cached"]["median_step_seconds"]
                                          / results["step"]["student_only"]["median_step_seconds"], 3)
         save()
@@ -237,14 +238,14 @@ class _StepClock(TrainerCallback):
         self.stamps.append(now()[0])
 
 
-def train_steps(work: str, cache_dir: str | None, steps: int) -> dict[str, Any]:
+def train_steps(teacher: str, work: str, cache_dir: str | None, steps: int) -> dict[str, Any]:
     """Median seconds of a training step (after 5 warm-up steps), from the cache or for the student alone."""
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(SST2_TEACHER)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
     student_dir = os.path.join(work, "student")
     if not os.path.isdir(student_dir):
-        save_layer_student(student_dir, AutoModelForSequenceClassification.from_pretrained(SST2_TEACHER),
-                           STUDENT_LAYERS, SST2_TEACHER)
+        save_layer_student(student_dir, AutoModelForSequenceClassification.from_pretrained(teacher),
+                           STUDENT_LAYERS, teacher)
     student = AutoModelForSequenceClassification.from_pretrained(student_dir)
     clock = _StepClock()
     settings = trainer_settings(os.path.join(work, "steps"), 32, max_steps=steps + 5, logging_steps=10**6)
