@@ -2,17 +2,20 @@
 from it, train the same student without the teacher (its no-teacher twin), export the distilled one
 to int8 ONNX, and report all of them measured as they would be deployed.
 
-    python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 training sentences
-    python recipes/sst2_main_job.py --full     # all 67,349 training sentences
+    python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 labelled sentences
+    python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
 
 Each step is the plain recipe or command with its YAML config (recipes/configs/sst2_teacher.yaml,
-recipes/configs/sst2_minilm_pruned.yaml); this script only chains them:
+recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
 
-1. `hfkd finetune`: the teacher.
+1. `hfkd finetune`: the teacher, on the labelled sentences.
 2. `hfkd distill`: the teacher pruned to 4 layers x 192 by activation importance (Minitron), then
-   TinyBERT's two stages (hidden states + attention maps, then soft logits).
-3. `hfkd distill` again with one labels-only stage as long as both: the same pruned start, data
-   and steps, no teacher. The gap between 2 and 3 is what distillation bought.
+   distilled (0.2 CE + 1.0 KD at T = 2) on the labelled sentences plus a transfer set: more training
+   sentences given without their labels, which only the teacher labels. This is where distillation
+   earns its keep: a few thousand labels and a larger pile of in-domain text.
+3. `hfkd distill` again, labels only (CE), on the labelled sentences for as many optimizer steps:
+   the same pruned start, no teacher, no transfer set (it has no labels). The gap between 2 and 3
+   is what the teacher bought.
 4. `hfkd export --format onnx --quantize int8`: the deployable artifact, checked against 2.
 5. `hfkd report`: size, bytes, score measured by running each artifact, latency, DM by parameters
    and by bytes, and the plot.
@@ -35,13 +38,15 @@ from hfkd.app.report_cli import summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
-STUDENT_CONFIG = os.path.join(CONFIGS, "sst2_minilm_pruned.yaml")
+STUDENT_CONFIG = os.path.join(CONFIGS, "sst2_minilm_pruned_kd.yaml")
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="Train on the whole SST-2 train set.")
-    parser.add_argument("--train_samples", type=int, default=8000, help="Training sentences when not --full.")
+    parser.add_argument("--train_samples", type=int, default=8000, help="Labelled sentences when not --full.")
+    parser.add_argument("--transfer_samples", type=int, default=16000,
+                        help="Training sentences the distilled student also sees without their labels (not --full).")
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
                         help="Folder with SST-2 train.tsv and dev.tsv (GLUE format).")
     parser.add_argument("--output_root", default="outputs/sst2")
@@ -51,13 +56,14 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def labels_only_stage(config_path: str) -> str:
-    """One stage, CE only, as long as the config's stages together: the no-teacher twin's schedule."""
-    with open(config_path, encoding="utf-8") as handle:
-        stages = yaml.safe_load(handle)["stages"]
-    epochs = sum(stage["num_train_epochs"] for stage in stages)
-    return json.dumps([{"num_train_epochs": epochs, "alpha_ce": 1.0, "alpha_kd": 0.0,
-                        "alpha_hidden": 0.0, "alpha_attention": 0.0}])
+def twin_flags(options: argparse.Namespace) -> list[str]:
+    """Labels only, and as many optimizer steps as the distilled run (whose epoch also covers the
+    transfer set): epochs scaled by (labelled + unlabeled) / labelled rows."""
+    with open(STUDENT_CONFIG, encoding="utf-8") as handle:
+        epochs = yaml.safe_load(handle)["num_train_epochs"]
+    if not options.full:
+        epochs *= (options.train_samples + options.transfer_samples) / options.train_samples
+    return ["--alpha_kd", "0", "--alpha_ce", "1", "--num_train_epochs", f"{epochs:g}"]
 
 
 def main() -> None:
@@ -80,11 +86,13 @@ def main() -> None:
                                   "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
                    config_class=TrainingArguments)
     student = ["--config", STUDENT_CONFIG, "--teacher_model_name_or_path", teacher_dir, "--overwrite_output_dir", *data]
-    print("[2/5] distilling a compact student: the teacher pruned to 4 layers x 192, then TinyBERT's two stages",
-          flush=True)
-    run_recipe(run_distillation, [*student, "--output_dir", student_dir])
-    print("[3/5] its no-teacher twin: the same pruned start, data and steps, labels only", flush=True)
-    run_recipe(run_distillation, [*student, "--output_dir", twin_dir, "--stages", labels_only_stage(STUDENT_CONFIG)])
+    transfer = [] if options.full else ["--unlabeled_file", data[1], "--max_unlabeled_samples",
+                                        str(options.transfer_samples)]
+    print("[2/5] distilling a compact student: the teacher pruned to 4 layers x 192, then soft labels on the "
+          f"labelled sentences{'' if options.full else f' + {options.transfer_samples:,} without labels'}", flush=True)
+    run_recipe(run_distillation, [*student, *transfer, "--output_dir", student_dir])
+    print("[3/5] its no-teacher twin: the same pruned start and optimizer steps, labels only", flush=True)
+    run_recipe(run_distillation, [*student, *twin_flags(options), "--output_dir", twin_dir])
 
     table = summarize(teacher_dir, {"distilled": student_dir, "no_teacher": twin_dir}, metric="eval_accuracy")
     with open(os.path.join(options.output_root, "summary.json"), "w", encoding="utf-8") as handle:

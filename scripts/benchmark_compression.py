@@ -1,13 +1,13 @@
 """Does distillation pay for a compact student, measured on what is deployed?
 
     python scripts/benchmark_compression.py --teacher_dir outputs/sst2/teacher \
-        [--students pruned_4x192 l3_copied] [--seeds 1 2 3] [--train_samples 8000] \
-        [--transfer_samples 20000] [--output_root outputs/compression]
+        [--students pruned_4x192_kd pruned_4x192_tinybert l3_copied] [--seeds 1 2 3] [--train_samples 8000] \
+        [--runs no_teacher distilled distilled+transfer] [--transfer_samples 16000] [--output_root outputs/compression]
 
-For each student recipe and seed, the same start, data and steps are trained twice through the
-recipes (`hfkd distill`): distilled with the recipe's objective, and its no-teacher twin (one
-labels-only stage as long as the recipe's stages). With `--transfer_samples N` a third run adds N
-SST-2 training sentences without their labels as a transfer set (a seeded sample of the whole train
+For each student recipe and seed, the same start is trained through the recipes (`hfkd distill`):
+its no-teacher twin (one labels-only stage, as many optimizer steps as the longest distilled run),
+distilled with the recipe's objective on the labelled sentences, and distilled with N more SST-2
+training sentences without their labels as a transfer set (a seeded sample of the whole train
 split, so about N x 8,000 / 67,349 of them are also among the labelled ones). The last of these runs
 then becomes the artifacts a user would ship: itself (PyTorch fp32), its vocabulary trimmed to the
 training sentences (`hfkd trim-vocab`), and int8 ONNX of both (`hfkd export --quantize int8`,
@@ -31,7 +31,9 @@ from hfkd.app.recipes import run_distillation
 from hfkd.app.report_cli import main as report_main
 from hfkd.app.trim_vocab import main as trim_main
 
-STUDENTS = {"pruned_4x192": "sst2_minilm_pruned.yaml", "l3_copied": "sst2_minilm_l3_tinybert.yaml"}
+STUDENTS = {"pruned_4x192_kd": "sst2_minilm_pruned_kd.yaml", "pruned_4x192_tinybert": "sst2_minilm_pruned.yaml",
+            "l3_copied": "sst2_minilm_l3_tinybert.yaml"}
+RUNS = ("no_teacher", "distilled", "distilled+transfer")
 ALPHA = 0.5
 
 
@@ -39,7 +41,10 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher_dir", default="outputs/sst2/teacher",
                         help="Fine-tuned teacher (trained like the main job's if missing).")
-    parser.add_argument("--students", nargs="+", default=["pruned_4x192"], choices=sorted(STUDENTS))
+    parser.add_argument("--students", nargs="+", default=["pruned_4x192_kd"], choices=sorted(STUDENTS))
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
+                        help="distilled+transfer needs --transfer_samples; the deployable artifacts are made of the "
+                             "last run given.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--train_samples", type=int, default=8000, help="Labelled sentences (the main job's subsample).")
     parser.add_argument("--transfer_samples", type=int, default=0,
@@ -49,13 +54,16 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def twin_stage(config_path: str) -> str:
-    """One CE-only stage as long as the recipe (its stages' sum, else its num_train_epochs)."""
+def twin_stage(config_path: str, options: argparse.Namespace) -> str:
+    """One CE-only stage as long as the recipe (its stages' sum, else its num_train_epochs) in optimizer
+    steps: with a transfer-set run, as many steps as that run (whose epochs cover the unlabeled rows too)."""
     import yaml
 
     with open(config_path, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     epochs = sum(s["num_train_epochs"] for s in config["stages"]) if config.get("stages") else config["num_train_epochs"]
+    if "distilled+transfer" in options.runs:
+        epochs *= (options.train_samples + options.transfer_samples) / options.train_samples
     return json.dumps([{"num_train_epochs": epochs, "alpha_ce": 1.0, "alpha_kd": 0.0, "alpha_hidden": 0.0,
                         "alpha_attention": 0.0}])
 
@@ -88,11 +96,11 @@ def artifacts(model_dir: str, config_path: str) -> dict[str, str]:
 def run_seed(student: str, seed: int, options: argparse.Namespace) -> list[dict]:
     config_path = os.path.join(CONFIGS, STUDENTS[student])
     root = os.path.join(options.output_root, f"{student}_seed{seed}")
-    runs = {"distilled": [], "no_teacher": ["--stages", twin_stage(config_path)]}
-    if options.transfer_samples:
-        runs["distilled+transfer"] = ["--unlabeled_file", os.path.join(SST2_DIR, "train.tsv"),
-                                      "--max_unlabeled_samples", str(options.transfer_samples)]
-    shipped = list(runs)[-1]  # the deployable artifacts are made of the last (best-equipped) run only
+    flags = {"no_teacher": ["--stages", twin_stage(config_path, options)], "distilled": [],
+             "distilled+transfer": ["--unlabeled_file", os.path.join(SST2_DIR, "train.tsv"),
+                                    "--max_unlabeled_samples", str(options.transfer_samples)]}
+    runs = {run: flags[run] for run in options.runs}
+    shipped = options.runs[-1]  # the deployable artifacts are made of the last run given only
     named = []
     for run, extra in runs.items():
         train(config_path, os.path.join(root, run), seed, options, extra)
@@ -134,6 +142,8 @@ def summarise(results: list[dict], options: argparse.Namespace) -> str:
 
 def main() -> None:
     options = parse()
+    if "distilled+transfer" in options.runs and options.transfer_samples < 1:
+        raise SystemExit("--runs distilled+transfer needs --transfer_samples N (N > 0).")
     quiet_libraries()
     ensure_teacher(options.teacher_dir, data_flags(SST2_DIR), train_samples=options.train_samples)
     results = [row for student in options.students for seed in options.seeds for row in run_seed(student, seed, options)]
