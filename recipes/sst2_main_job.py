@@ -100,8 +100,10 @@ def main() -> None:
     print("\nSST-2 dev (872 sentences):\n" + table["markdown"], flush=True)
 
     print("\n[4/5] exporting the distilled student to int8 ONNX (checked against it)", flush=True)
+    # Kept even outside the check's bound (the verdict is printed and recorded in export_check.json):
+    # the report below measures the int8 artifact's own accuracy, which is what decides whether to ship it.
     export_main(["--model", student_dir, "--format", "onnx", "--quantize", "int8", "--output_dir", onnx_dir,
-                 "--config", STUDENT_CONFIG, *data[2:4]])
+                 "--config", STUDENT_CONFIG, *data[2:4], "--allow_mismatch"])
     if not options.skip_report:
         print("\n[5/5] measuring size, latency and the distillation metric of every artifact (hfkd report):",
               flush=True)
