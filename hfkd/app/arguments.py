@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hfkd.config import option
+from hfkd.models import HfkdError
 from hfkd.objective.presets import with_preset
 
 @dataclass
@@ -136,3 +140,16 @@ def load_yaml_config(path: str) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise ValueError(f"{path} must hold a mapping of flag: value, got {type(content).__name__}.")
     return content
+
+
+@contextmanager
+def one_line_errors(debug: bool) -> Iterator[None]:
+    """Every command's refused setup (`HfkdError`, bad values, missing files, a non-finite loss) as one
+    line on stderr and exit status 2; `--debug` shows the traceback instead."""
+    try:
+        yield
+    except (HfkdError, ValueError, TypeError, OSError, FloatingPointError) as error:
+        if debug:
+            raise
+        print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Sequence
 
+from hfkd.app.arguments import one_line_errors
 from hfkd.app.report_cli import add_data_arguments, evaluation_data
-from hfkd.models import HfkdError
-
-
-@contextmanager
-def one_line_errors(debug: bool) -> Iterator[None]:
-    """A refused setup (`HfkdError`, bad values, missing files) as one line and exit status 2."""
-    try:
-        yield
-    except (HfkdError, ValueError, TypeError, OSError) as error:
-        if debug:
-            raise
-        print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def parse_export(argv: Sequence[str]) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from hfkd.adapters import adapter_base_path, is_adapter_folder, is_peft_model, merged_copy
-from hfkd.app.arguments import ModelArguments, parse_args
+from hfkd.app.arguments import ModelArguments, one_line_errors, parse_args
 from hfkd.app.prompt_data import is_prompt_data, prepare_prompt_datasets
 from hfkd.trainers.on_policy import on_policy_enabled
 from hfkd.io import recover, staged
@@ -39,7 +39,7 @@ from hfkd.student.create import create_student
 from hfkd.trainers.distillation import DistillationTrainer
 from hfkd.teacher.fast import cast_with_fidelity
 from hfkd.teacher.loading import load_trained_teacher, parse_dtype, teacher_load_kwargs
-from hfkd.models import TASK_AUTO_CLASSES, HfkdError, forward_arg_names, is_default_labels, resolve_model_path
+from hfkd.models import TASK_AUTO_CLASSES, forward_arg_names, is_default_labels, resolve_model_path
 from hfkd.models import check_sequence_length as models_check_sequence_length
 
 logger = logging.getLogger(__name__)
@@ -428,15 +428,9 @@ def main(run: Callable, argv: Sequence[str] | None, config_class: type = Distill
     atexit.register(_destroy_process_group)  # at exit, so chained recipes share one process group
     if cpu_only_multiprocess():  # also for the finetune recipe's plain TrainingArguments
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    try:
+    with one_line_errors(debug):
         model_args, data_args, train_args = parse_args([ModelArguments, DataArguments, config_class], argv)
         return run(model_args, data_args, train_args)
-    except (HfkdError, ValueError, TypeError, OSError, FloatingPointError) as error:
-        if debug:
-            raise
-        print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def finish_process() -> None:

@@ -16,10 +16,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Any, Sequence
 
 from hfkd.io import recover, staged
+from hfkd.app.arguments import one_line_errors
 from hfkd.models import HfkdError, resolve_model_path
 
 REPORT_FILE = "trim_report.json"
@@ -51,13 +51,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> dict[str, Any]:
     options = parse(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
+    with one_line_errors(options.debug):
         return run(options)
-    except (HfkdError, ValueError, OSError) as error:
-        if options.debug:
-            raise
-        print(f"hfkd: error: {error}".splitlines()[0] + " (rerun with --debug for the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
