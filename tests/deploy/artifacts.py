@@ -39,6 +39,11 @@ def tiny_bert(model_class: type, seed: int = 0, steps: int = 40) -> torch.nn.Mod
         labels = (batch["input_ids"] % 3).masked_fill(batch["attention_mask"] == 0, -100)
     else:
         labels = torch.arange(len(CHECK_TEXTS)) % 3
+    return fit(model, batch, labels, steps)
+
+
+def fit(model: torch.nn.Module, batch: dict, labels: torch.Tensor, steps: int) -> torch.nn.Module:
+    """`steps` full-batch Adam steps (lr 3e-3) on `batch` and `labels`; the model in eval mode."""
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
         optimizer.zero_grad()

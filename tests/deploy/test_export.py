@@ -16,7 +16,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, BertForSequence
 onnx = pytest.importorskip("onnx", reason="needs the export extra: pip install -e '.[export]'")
 numpy_helper = onnx.numpy_helper
 from deploy.artifacts import (  # noqa: F401 (fixtures)
-    LABELS, save, seq_cls_dir, seq_cls_onnx_int8, seq_cls_torch_int8, token_cls_dir, tokenizer,
+    LABELS, fit, save, seq_cls_dir, seq_cls_onnx_int8, seq_cls_torch_int8, token_cls_dir, tokenizer,
 )
 from hfkd.app.cli import main as cli_main
 from hfkd.deploy import ExportError, check_artifact, export_model, load_artifact, load_torch_int8, predict
@@ -259,12 +259,7 @@ def _fit_lm(model: torch.nn.Module, tokenizer, steps: int = 60) -> torch.nn.Modu
     peak like a trained model's."""
     batch = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-    return model.eval()
+    return fit(model, batch, labels, steps)
 
 
 @pytest.mark.slow
