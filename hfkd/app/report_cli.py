@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from safetensors import safe_open
 
+from hfkd.app.arguments import one_line_errors
 from hfkd.report.metric import distillation_metric
 from hfkd.report.render import markdown_table
 
@@ -81,6 +82,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of size vs score in DM.")
     parser.add_argument("--repeats", type=int, default=20, help="Timed runs per latency measurement.")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--debug", action="store_true", help="Show the traceback of a refused input.")
     return parser.parse_args(list(argv))
 
 
@@ -181,9 +183,15 @@ def own_tokenizations(options: argparse.Namespace, rows: Sequence[tuple[str, str
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
+    options = parse(argv)
+    with one_line_errors(options.debug):
+        return run(options)
+
+
+def run(options: argparse.Namespace) -> dict[str, Any]:
+    """Measure every row, write the report files, print the table."""
     from hfkd.report import build_report, write_report
 
-    options = parse(argv)
     rows = report_rows(options.student, options.artifact)
     references = reference_rows(options.references)
     data = evaluation_data(options, options.teacher)
