@@ -128,9 +128,12 @@ def mix_unlabeled(labelled: datasets.Dataset, unlabeled: datasets.Dataset, *, ra
                   max_samples: int | None = None, seed: int = 42) -> datasets.Dataset:
     """The labelled rows followed by (a seeded sample of) the marked unlabeled rows; Trainer shuffles them together.
 
+    Unlabeled rows with the same tokens as a labelled row are dropped first: a pile that contains the
+    labelled sentences (the whole train split given as `unlabeled_file`) would otherwise train them twice.
     `max_samples` caps the unlabeled rows; `ratio` takes `round(ratio × labelled rows)` of them.
     """
     check_ratio(ratio)
+    unlabeled = drop_labelled_duplicates(labelled, unlabeled)
     wanted = len(unlabeled) if max_samples is None else min(max_samples, len(unlabeled))
     if ratio is not None:
         needed = round(ratio * len(labelled))
@@ -149,6 +152,16 @@ def mix_unlabeled(labelled: datasets.Dataset, unlabeled: datasets.Dataset, *, ra
     unlabeled = unlabeled.select_columns(columns).cast(labelled.features)
     logger.info("Transfer set: %d labelled + %d unlabeled rows", len(labelled), len(unlabeled))
     return datasets.concatenate_datasets([labelled, unlabeled])
+
+
+def drop_labelled_duplicates(labelled: datasets.Dataset, unlabeled: datasets.Dataset) -> datasets.Dataset:
+    """`unlabeled` without the rows whose `input_ids` equal a labelled row's (the same text, tokenized alike)."""
+    seen = {tuple(ids) for ids in labelled["input_ids"]}
+    keep = [i for i, ids in enumerate(unlabeled["input_ids"]) if tuple(ids) not in seen]
+    if len(keep) == len(unlabeled):
+        return unlabeled
+    logger.info("Transfer set: dropped %d unlabeled rows that are labelled rows too", len(unlabeled) - len(keep))
+    return unlabeled.select(keep)
 
 
 # ---------------------------------------------------------------------------- teacher-confidence filter

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import BertForSequenceClassification, BertForTokenClassification, DataCollatorWithPadding
 
 from conftest import VOCAB, bert_config, seq_cls_dataset, seq_cls_pair
@@ -161,6 +161,18 @@ def test_unlabeled_ratio_takes_that_many_rows_per_labelled_row():
     assert len(mix_unlabeled(labelled, unlabeled)) == 60
     with pytest.raises(TransferSetError, match="needs 60 unlabeled rows"):
         mix_unlabeled(labelled, unlabeled, ratio=6)
+
+
+def test_unlabeled_rows_that_are_labelled_rows_are_dropped_before_sampling():
+    labelled = seq_cls_dataset(n=10)
+    pile = seq_cls_dataset(n=50, seed=1).remove_columns("labels")
+    pile = concatenate_datasets([labelled.remove_columns("labels").select(range(4)), pile])
+    unlabeled = mark_unlabeled(pile)
+    assert len(mix_unlabeled(labelled, unlabeled)) == 60  # 54 unlabeled rows, 4 of them labelled ones
+    labelled_ids = {tuple(ids) for ids in labelled["input_ids"]}
+    mixed = mix_unlabeled(labelled, unlabeled, max_samples=50)
+    extra = [tuple(ids) for ids, label in zip(mixed["input_ids"], mixed["labels"]) if label == UNLABELED]
+    assert len(extra) == 50 and not labelled_ids & set(extra)
 
 
 def test_confidence_filter_drops_unsure_unlabeled_rows_only():
