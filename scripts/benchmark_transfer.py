@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
 import platform
 import statistics
 from typing import Any
@@ -67,6 +69,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Default: all 872 dev sentences.")
     parser.add_argument("--augment_mlm", default=None)
     parser.add_argument("--augment_copies", type=int, default=2)
+    parser.add_argument("--twin_steps", choices=("equal", "config"), default="equal",
+                        help="equal (default): the no-teacher row trains as many optimizer steps as the largest KD "
+                             "row run with it (its epochs cover the transfer set too); config: the config's epochs "
+                             "over the labelled set.")
+    parser.add_argument("--override", default="",
+                        help='Extra recipe flags for every row, e.g. "--learning_rate 2e-4 --temperature 4".')
+    parser.add_argument("--cache_dir", default=None, help="Default: output_root/teacher_cache.")
     return parser.parse_args()
 
 
@@ -109,7 +118,7 @@ def cached_union(options: argparse.Namespace, teacher: Any, data: dict, collator
     parts = [data["labelled"], data["transfer"]] + ([data["augmented"].select(
         range(len(data["labelled"]), len(data["augmented"])))] if "augmented" in data else [])
     union = datasets.concatenate_datasets([p.cast(data["labelled"].features) for p in parts])
-    cache_dir = os.path.join(options.output_root, "teacher_cache")
+    cache_dir = options.cache_dir or os.path.join(options.output_root, "teacher_cache")
     expected = teacher_cache_fingerprint(teacher, union)
     if cache_exists(cache_dir):
         try:
@@ -127,19 +136,32 @@ def row_dataset(row: str, cached: datasets.Dataset, data: dict) -> datasets.Data
     return cached.select(indices)
 
 
+def twin_max_steps(args: DistillationConfig, rows: list[str], cached: datasets.Dataset, data: dict) -> int:
+    """Optimizer steps of the largest KD row in this run (what an equal-step no-teacher twin trains)."""
+    largest = max(len(row_dataset(row, cached, data)) for row in rows)
+    batches = math.ceil(largest / (args.per_device_train_batch_size * max(1, args.world_size)))
+    return math.ceil(args.num_train_epochs * math.ceil(batches / args.gradient_accumulation_steps))
+
+
 def run_one(options: argparse.Namespace, student_name: str, config_path: str, row: str, seed: int,
-            teacher: Any, tokenizer: Any, cached: datasets.Dataset, data: dict) -> dict:
+            teacher: Any, tokenizer: Any, cached: datasets.Dataset, data: dict, rows: list[str]) -> dict:
     output_dir = os.path.join(options.output_root, "runs", f"{student_name}_{row}_seed{seed}")
     overrides = ["--output_dir", output_dir, "--seed", str(seed), "--teacher_model_name_or_path", options.teacher_dir,
-                 "--alpha_hidden", "0", "--alpha_attention", "0", "--save_strategy", "no", "--logging_steps", "100"]
+                 "--alpha_hidden", "0", "--alpha_attention", "0", "--save_strategy", "no", "--logging_steps", "100",
+                 *shlex.split(options.override)]
     if options.epochs is not None:
         overrides += ["--num_train_epochs", str(options.epochs)]
-    if row == "no_teacher":
-        overrides += ["--alpha_kd", "0", "--alpha_ce", "1"]
     model_args, _, args = parse_args((ModelArguments, DataArguments, DistillationConfig),
                                      ["--config", config_path, *overrides])
+    if row == "no_teacher":
+        twin = ["--alpha_kd", "0", "--alpha_ce", "1"]
+        if options.twin_steps == "equal":
+            twin += ["--max_steps", str(twin_max_steps(args, [r for r in rows if r != "no_teacher"] or [row],
+                                                       cached, data))]
+        model_args, _, args = parse_args((ModelArguments, DataArguments, DistillationConfig),
+                                         ["--config", config_path, *overrides, *twin])
     set_seed(seed)  # the student's random parts (all of the tiny one; the l3 one's head) follow the seed
-    student = build_student(model_args, teacher, "sequence_classification")
+    student = build_student(model_args, teacher, "sequence_classification", data["labelled"], seed)
     train = row_dataset(row, cached, data)
     if row == "no_teacher":
         train = train.remove_columns("teacher_logits")
@@ -151,6 +173,7 @@ def run_one(options: argparse.Namespace, student_name: str, config_path: str, ro
     metrics = trainer.evaluate()
     trainer.save_model(output_dir)
     return {"student": student_name, "row": row, "seed": seed, "train_rows": len(train),
+            "optimizer_steps": trainer.state.global_step,
             "eval_accuracy": metrics["eval_accuracy"], "train_seconds": result.metrics["train_runtime"],
             "params": saved_parameter_count(output_dir)}
 
@@ -169,10 +192,11 @@ def summary(results: list[dict], teacher: dict, options: argparse.Namespace) -> 
             seconds = statistics.mean(r["train_seconds"] for r in runs)
             rows.append({"student": student, "row": row, "seeds": [r["seed"] for r in runs], "scores": scores,
                          "mean": mean, "std": std, "dm": dm, "train_seconds": seconds,
-                         "train_rows": runs[0]["train_rows"], "params": runs[0]["params"]})
-            cells.append([student, ROW_NAMES[row], f"{runs[0]['train_rows']:,}",
+                         "train_rows": runs[0]["train_rows"], "params": runs[0]["params"],
+                         "optimizer_steps": runs[0].get("optimizer_steps")})
+            cells.append([student, ROW_NAMES[row], f"{runs[0]['train_rows']:,}", f"{runs[0].get('optimizer_steps')}",
                           f"{100 * mean:.2f} ± {100 * std:.2f} ({len(runs)} seeds)", f"{dm:.3f}", f"{seconds:.0f}"])
-    table = markdown_table(["student", "training data", "rows", "dev accuracy %", "DM (α=0.5)", "train s"], cells)
+    table = markdown_table(["student", "training data", "rows", "steps", "dev accuracy %", "DM (α=0.5)", "train s"], cells)
     header = (f"Teacher {options.teacher_dir}: {100 * teacher['score']:.2f}% dev, {teacher['params']:,} params. "
               f"CPU: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}.")
     return {"teacher": teacher, "rows": rows, "runs": results, "settings": vars(options),
@@ -197,7 +221,8 @@ def main() -> None:
             for row in rows:
                 path = os.path.join(options.output_root, "runs", f"{student_name}_{row}_seed{seed}.json")
                 if not os.path.isfile(path):
-                    result = run_one(options, student_name, config_path, row, seed, teacher, tokenizer, cached, data)
+                    result = run_one(options, student_name, config_path, row, seed, teacher, tokenizer, cached, data,
+                                     rows)
                     write_results(path, result, json.dumps(result))
                 with open(path, encoding="utf-8") as handle:
                     results.append(json.load(handle))
