@@ -2,7 +2,7 @@
 from it, train the same student without the teacher (its no-teacher twin), export the distilled one
 to int8 ONNX, and report all of them measured as they would be deployed.
 
-    python recipes/sst2_main_job.py            # ~12 min on 2 CPU cores: 8,000 labelled sentences
+    python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 labelled sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
 
 Each step is the plain recipe or command with its YAML config (recipes/configs/sst2_teacher.yaml,
