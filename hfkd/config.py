@@ -140,7 +140,11 @@ class DistillationConfig(TrainingArguments):
         "given as a name or path. trust_remote_code here must be the boolean true, and in recipes needs "
         "the --trust_remote_code flag too.",
     )
-    teacher_dtype: str | None = option(None, "Run the teacher in this dtype (e.g. 'bfloat16'); default: as loaded.")
+    teacher_dtype: str | None = option(
+        None,
+        "Run the teacher in this dtype (e.g. 'bfloat16'); 'auto': bfloat16 where the device has bf16 matrix "
+        "instructions (a bf16 GPU; a CPU with AVX512-BF16 or AMX), else as loaded; default: as loaded.",
+    )
     teacher_quantization: str | None = option(
         None,
         "'int8_dynamic': quantize the teacher's linear layers to int8 on the fly (CPU only), a "

@@ -55,6 +55,7 @@ def test_needs_teacher():
 
 
 def test_teacher_dtype_typo_is_one_line_at_config_time():
-    with pytest.raises(ValueError, match=r"teacher_dtype='bf16' is not a torch floating dtype; use 'bfloat16'"):
+    with pytest.raises(ValueError, match=r"teacher_dtype='bf16' is not a torch floating dtype; use 'auto', 'bfloat16'"):
         make(teacher_dtype="bf16")
     assert make(teacher_dtype="bfloat16").teacher_dtype == "bfloat16"
+    assert make(teacher_dtype="auto").teacher_dtype == "auto"

@@ -478,7 +478,7 @@ def run_cache_teacher(model_args: ModelArguments, data_args: DataArguments, args
         raise ValueError("no train split: set train_file (or dataset_name with a train split).")
     collator = build_data_collator(tokenizer, data_args, task)
     checked_on = datasets.get("validation") or datasets["train"]  # a lower-precision build must keep the decisions
-    cast = [cast_with_fidelity(teacher, parse_dtype(args.teacher_dtype), lambda t=teacher: _fidelity_batches(
+    cast = [cast_with_fidelity(teacher, parse_dtype(args.teacher_dtype, device=args.device), lambda t=teacher: _fidelity_batches(
         checked_on, collator, t), device=args.device, min_agreement=args.teacher_min_agreement)[0] for teacher in teachers]
     cache = build_teacher_cache(
         cast,
@@ -526,7 +526,7 @@ def _fidelity_batches(dataset: Any, collator: Any, teacher: PreTrainedModel, row
 
 
 def _cast_teacher(teacher: PreTrainedModel, args: DistillationConfig) -> PreTrainedModel:
-    return teacher.to(device=args.device, dtype=parse_dtype(args.teacher_dtype))
+    return teacher.to(device=args.device, dtype=parse_dtype(args.teacher_dtype, device=args.device))
 
 
 def _cache_fingerprint_extra(tokenizer: Any, data_args: DataArguments) -> dict[str, Any]:

@@ -16,14 +16,35 @@ from hfkd.models import TASK_AUTO_CLASSES, DistillationSetupError, class_name, i
 from hfkd.adapters import is_adapter_folder, load_pretrained
 
 
-def parse_dtype(name: str | None, field: str = "teacher_dtype") -> torch.dtype | None:
-    """'bfloat16' -> torch.bfloat16 (None stays None); a name torch lacks is one line naming the choices."""
+AUTO_DTYPE = "auto"
+
+
+def parse_dtype(name: str | None, field: str = "teacher_dtype", device: torch.device | str | None = None) -> torch.dtype | None:
+    """'bfloat16' -> torch.bfloat16 (None stays None); a name torch lacks is one line naming the choices.
+
+    'auto' is bfloat16 where `device` multiplies it natively, else None (as loaded): a CPU without
+    bf16 matrix instructions emulates them, and a bf16 teacher there is slower than fp32, not faster.
+    """
     if name is None:
         return None
+    if name == AUTO_DTYPE:
+        return torch.bfloat16 if device is not None and native_bf16(device) else None
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"{field}={name!r} is not a torch floating dtype; use 'bfloat16', 'float16' or 'float32'.")
+        raise ValueError(f"{field}={name!r} is not a torch floating dtype; use 'auto', 'bfloat16', 'float16' or 'float32'.")
     return dtype
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` has bf16 matrix instructions: a CUDA GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX tiles (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
 
 
 def teacher_load_kwargs(args: Any, trust_remote_code: bool | None = None, **extra: Any) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class Teachers:
 
     def _prepare(self, teacher: nn.Module, accelerator: Any, eval_batches: Any) -> nn.Module:
         args = self.args
-        dtype = parse_dtype(args.teacher_dtype)
+        dtype = parse_dtype(args.teacher_dtype, device=args.device)
         if not (args.teacher_quantization or args.teacher_compile):
             return prepare_teacher(teacher, accelerator, dtype=dtype)
         if not self.on_device:
@@ -152,8 +152,12 @@ class Teachers:
     def describe(self) -> dict[str, str]:
         args = self.args
         settings = {"teacher": self.name}
-        cheaper = [f"{name}={getattr(args, name)}" for name in ("teacher_dtype", "teacher_quantization", "teacher_compile")
-                   if getattr(args, name)]
+        dtype = parse_dtype(args.teacher_dtype, device=args.device)
+        cheaper = [f"{name}={getattr(args, name)}" for name in ("teacher_quantization", "teacher_compile") if getattr(args, name)]
+        if dtype is not None:  # 'auto' named with what it chose on this device
+            chosen = str(dtype).removeprefix("torch.")
+            cheaper.insert(0, f"teacher_dtype={chosen}" if args.teacher_dtype == chosen else
+                           f"teacher_dtype={args.teacher_dtype} ({chosen})")
         if cheaper:
             fidelity = self.fidelity
             settings["teacher_forward"] = ", ".join(cheaper) + (

@@ -353,7 +353,8 @@ def test_distill_with_a_transfer_set_from_the_teacher_cache(workspace, tmp_path)
              "--output_dir", str(tmp_path / "out"), "--unlabeled_file", str(tmp_path / "pile.csv"),
              "--teacher_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--unlabeled_min_confidence", "0.0"]
     cli_main(["cache-teacher", *flags])  # the same data flags as distill's: its cache is of the same rows
-    main(run_distillation, [*flags, "--student_num_layers", "1"])
+    # An evaluation setting changes nothing the cache holds: the cache is found fresh (a stale one exits 2).
+    main(run_distillation, [*flags, "--student_num_layers", "1", "--max_eval_samples", "5"])
     logs = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     counted = [h for h in logs if "all_items" in h]
     assert sum(h["all_items"] for h in counted) == 2 * 84 and sum(h["labelled_items"] for h in counted) == 2 * 60

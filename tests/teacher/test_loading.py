@@ -1,12 +1,13 @@
 """hfkd.teacher.loading: a teacher checkpoint without its task head, and trust_remote_code only when stated."""
 
 import pytest
+import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from conftest import bert_config
 from hfkd import DistillationConfig, DistillationTrainer
 from hfkd.models import DistillationSetupError
-from hfkd.teacher.loading import teacher_load_kwargs
+from hfkd.teacher.loading import native_bf16, parse_dtype, teacher_load_kwargs
 
 
 def config(tmp_path, **kw):
@@ -42,3 +43,14 @@ def test_trust_remote_code_inside_init_kwargs_needs_the_explicit_flag(tmp_path):
     with pytest.raises(DistillationSetupError, match="trust_remote_code='yes'"):
         teacher_load_kwargs(truthy)
     assert teacher_load_kwargs(config(tmp_path), trust_remote_code=False)["trust_remote_code"] is False
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, None), (True, False, torch.bfloat16),
+                                                         (False, True, torch.bfloat16)])
+def test_auto_dtype_follows_the_cpu_instructions(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16("cpu") is (expected is not None)
+    assert parse_dtype("auto", device="cpu") is expected
+    assert parse_dtype("auto") is None  # no device named: as loaded
+    assert parse_dtype("bfloat16", device="cpu") is torch.bfloat16  # an explicit dtype is kept either way

@@ -161,8 +161,32 @@ def test_cache_keeps_row_order_and_records_its_fingerprint(tmp_path, tokenizer):
     shards = stored.pop("shards")
     assert stored == teacher_cache_fingerprint(teacher, data, extra={"max_length": 12})
     assert [s["rows"] for s in shards] == [[0, 10]]
-    assert {"teacher_sha256", "dataset_fingerprint", "top_k", "hfkd_version", "max_length"} <= set(stored)
+    assert {"teacher_sha256", "rows_sha256", "top_k", "hfkd_version", "max_length"} <= set(stored)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+def test_the_fingerprint_follows_the_rows_not_how_they_were_made(tokenizer):
+    """Two tokenize functions closing over different, irrelevant settings make the same rows: the same
+    fingerprint (datasets' own `_fingerprint` differs); one changed token or label does not."""
+    teacher = seq_cls_pair()[0]
+    raw = Dataset.from_dict({"text": ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13"], "label": [0, 1, 2]})
+
+    def tokenizer_with(setting):
+        def tokenize(batch):
+            assert setting is not None  # closed over, as recipes close over their data arguments
+            return {**tokenizer(batch["text"]), "labels": batch["label"]}
+        return tokenize
+
+    first = raw.map(tokenizer_with({"max_eval_samples": 1}), batched=True, remove_columns=raw.column_names)
+    second = raw.map(tokenizer_with({"max_eval_samples": 2}), batched=True, remove_columns=raw.column_names)
+    assert first._fingerprint != second._fingerprint
+    assert teacher_cache_fingerprint(teacher, first) == teacher_cache_fingerprint(teacher, second)
+    assert teacher_cache_fingerprint(teacher, first.select([0, 1, 2])) == teacher_cache_fingerprint(teacher, first)
+    reordered, relabelled = first.select([1, 0, 2]), first.map(lambda row: {"labels": (row["labels"] + 1) % 3})
+    touched = first.map(lambda row, i: {"input_ids": [2, 6, 3] if i == 0 else row["input_ids"]}, with_indices=True)
+    for changed in (reordered, relabelled, touched, first.select([0, 1])):
+        assert teacher_cache_fingerprint(teacher, changed)["rows_sha256"] != teacher_cache_fingerprint(
+            teacher, first)["rows_sha256"]
 
 
 def test_collator_pads_cached_positions_on_the_tokenizer_side(tokenizer):
@@ -190,7 +214,7 @@ def test_stale_or_missing_cache_is_refused(tmp_path, tokenizer):
         load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(retrained, data))
     assert "\n" not in str(error.value)
     other_data = ragged_dataset(seed=1)
-    with pytest.raises(ValueError, match="dataset_fingerprint differs"):
+    with pytest.raises(ValueError, match="rows_sha256 differs .*other training rows"):
         load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, other_data))
     with pytest.raises(ValueError, match="max_length differs"):
         load_teacher_cache(tmp_path / "cache", teacher_cache_fingerprint(teacher, data, extra={"max_length": 64}))

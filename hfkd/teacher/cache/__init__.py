@@ -27,9 +27,9 @@ Several teachers (a list) store their full logits side by side in teacher order,
 A top-k cache holds one teacher.
 
 The fingerprint (`fingerprint.py`) records what the outputs depend on: a sha256 of the teacher's
-weights (in the dtype it runs in; a list of them, in order, for several teachers), the dataset's
-`_fingerprint` (which `datasets` derives from the files and every map/select applied, tokenization
-included), top-k and the temperature of a top-k cache, the hfkd version and any
+weights (in the dtype it runs in; a list of them, in order, for several teachers), a sha256 of the
+rows themselves (`rows_sha256`: every column's values in order, so a run that tokenizes the same
+rows with other unrelated settings finds the cache fresh), top-k and the temperature of a top-k cache, the hfkd version and any
 `fingerprint_extra` (the recipes add the tokenizer's vocabulary hash, `max_seq_length` and
 `block_size`). It is in the manifest `fingerprint.json` and in every shard (`shards.py`: the
 layout, written so that a kill at any point leaves the previous cache or the new one, and a rerun

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -28,6 +31,34 @@ def state_dict_sha256(model: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def rows_sha256(dataset: datasets.Dataset, batch_rows: int = 16384) -> str:
+    """sha256 over the dataset's column names, types and values, in row order.
+
+    The same rows hash the same however they were produced. `datasets`' own `_fingerprint` hashes
+    the transforms instead, and with them everything a tokenize function closes over (an evaluation
+    setting, a flag of the run), so a cache keyed on it went stale when nothing it holds had changed.
+    """
+    names = sorted(dataset.column_names)
+    digest = hashlib.sha256(json.dumps([[name, str(dataset.features[name])] for name in names]).encode())
+    for table in dataset.with_format("arrow").iter(batch_size=batch_rows):
+        for name in names:
+            _hash_array(digest, table.column(name).combine_chunks())
+    return digest.hexdigest()
+
+
+def _hash_array(digest: Any, array: pa.Array) -> None:
+    """Values of one column batch: list lengths then their flattened values; nulls as a mask."""
+    if array.null_count:
+        digest.update(np.asarray(array.is_null()).tobytes())
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type) or pa.types.is_fixed_size_list(array.type):
+        digest.update(np.asarray(pc.list_value_length(array).fill_null(0), dtype=np.int64).tobytes())
+        _hash_array(digest, array.flatten())
+    elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
+        digest.update(np.asarray(array.fill_null(0) if array.null_count else array).tobytes())
+    else:  # strings and anything else: their Python values
+        digest.update(json.dumps(array.to_pylist(), default=str).encode())
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -54,7 +85,7 @@ def teacher_cache_fingerprint(
     hashes = [state_dict_sha256(t) for t in teachers]
     fingerprint = {
         "teacher_sha256": hashes[0] if len(hashes) == 1 else hashes,
-        "dataset_fingerprint": dataset._fingerprint,
+        "rows_sha256": rows_sha256(dataset),
         "top_k": top_k,
         "temperature": float(temperature) if top_k is not None else None,
         "hfkd_version": __version__,

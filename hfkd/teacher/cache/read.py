@@ -113,6 +113,7 @@ def _pad_positions(rows: Sequence[torch.Tensor], length: int, side: str) -> torc
 
 
 _STALE_HINTS = {
+    "rows_sha256": "; other training rows (another subsample, transfer set, tokenizer or max_seq_length)",
     "temperature": "; a top-k cache holds log-probabilities at the distillation temperature",
     "top_k": "; teacher_cache_top_k must equal the cache's top_k",
 }
