@@ -5,6 +5,12 @@ to int8 ONNX, and report all of them measured as they would be deployed.
     python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 labelled sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
 
+Another task is configuration only: a folder with GLUE-style train.tsv / dev.tsv and the two configs
+naming its columns (MRPC, sentence pairs, is in recipes/configs):
+
+    python recipes/sst2_main_job.py --full --data_dir ../shared/data/mrpc --output_root outputs/mrpc \
+        --teacher_config recipes/configs/mrpc_teacher.yaml --student_config recipes/configs/mrpc_minilm_pruned_kd.yaml
+
 Each step is the plain recipe or command with its YAML config (recipes/configs/sst2_teacher.yaml,
 recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
 
@@ -33,6 +39,7 @@ import os
 
 from transformers import TrainingArguments
 
+from hfkd.app.arguments import load_yaml_config
 from hfkd.app.export_cli import export_main
 from hfkd.app.recipes import finish_process, run_cache_teacher, run_distillation, run_finetune
 from hfkd.app.recipes import main as run_recipe
@@ -42,18 +49,23 @@ from hfkd.app.trim_vocab import main as trim_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
+TEACHER_CONFIG = os.path.join(CONFIGS, "sst2_teacher.yaml")
 STUDENT_CONFIG = os.path.join(CONFIGS, "sst2_minilm_pruned_kd.yaml")
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="Train on the whole SST-2 train set.")
-    parser.add_argument("--train_samples", type=int, default=8000, help="Labelled sentences when not --full.")
+    parser.add_argument("--full", action="store_true", help="Label the whole train split (no transfer set).")
+    parser.add_argument("--train_samples", type=int, default=8000, help="Labelled training rows when not --full.")
     parser.add_argument("--transfer_samples", type=int, default=None,
-                        help="Cap on the training sentences the distilled student also sees without their labels "
+                        help="Cap on the training rows the distilled student also sees without their labels "
                              "(default: all the others; not --full).")
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
-                        help="Folder with SST-2 train.tsv and dev.tsv (GLUE format).")
+                        help="Folder with train.tsv and dev.tsv (GLUE format; SST-2 by default).")
+    parser.add_argument("--teacher_config", default=TEACHER_CONFIG,
+                        help="The teacher's fine-tuning config (hfkd finetune): model, columns, schedule.")
+    parser.add_argument("--student_config", default=STUDENT_CONFIG,
+                        help="The student's config (hfkd distill): its shape, objective, columns and schedule.")
     parser.add_argument("--output_root", default="outputs/sst2")
     parser.add_argument("--skip_report", action="store_true", help="Skip the latency/DM report at the end.")
     parser.add_argument("--reuse_teacher", action="store_true",
@@ -81,25 +93,28 @@ def main() -> None:
     onnx_dir = os.path.join(options.output_root, "student_pruned_onnx_int8")
     trimmed_dir = os.path.join(options.output_root, "student_pruned_trimmed")
     trimmed_onnx_dir = os.path.join(options.output_root, "student_pruned_trimmed_onnx_int8")
-    subset = "all 67,349" if options.full else f"a seeded subsample of {options.train_samples:,} of 67,349"
-    print(f"hfkd main job: SST-2, training on {subset} train sentences; evaluation on the full dev set (872).",
-          flush=True)
+    task = os.path.basename(os.path.normpath(options.data_dir)).upper()
+    shape = load_yaml_config(options.student_config)
+    shape = f"{shape.get('student_num_layers', '?')} layers x {shape.get('student_hidden_size', '?')}"
+    subset = "the whole train split" if options.full else f"a seeded subsample of {options.train_samples:,} train rows"
+    print(f"hfkd main job: {task}, training on {subset}; evaluation on the whole dev split.", flush=True)
 
     if not (options.reuse_teacher and os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))):
-        print("[1/7] fine-tuning the teacher (MiniLM-L6-H384, 6 layers)", flush=True)
-        run_recipe(run_finetune, ["--config", os.path.join(CONFIGS, "sst2_teacher.yaml"),
+        print("[1/7] fine-tuning the teacher", flush=True)
+        run_recipe(run_finetune, ["--config", options.teacher_config,
                                   "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
                    config_class=TrainingArguments)
-    student = ["--config", STUDENT_CONFIG, "--teacher_model_name_or_path", teacher_dir, "--overwrite_output_dir", *data]
-    # The transfer set: the whole train split without labels; the labelled sentences among it are dropped.
+    student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
+               "--overwrite_output_dir", *data]
+    # The transfer set: the whole train split without labels; the labelled rows among it are dropped.
     transfer = [] if options.full else ["--unlabeled_file", data[1]] + (
         ["--max_unlabeled_samples", str(options.transfer_samples)] if options.transfer_samples else [])
     cached = ["--teacher_cache_dir", os.path.join(options.output_root, "teacher_cache")]
-    print("[2/7] the teacher labels the labelled sentences" + ("" if options.full else
-          " and the transfer set (the other training sentences, their labels dropped)") + ", once", flush=True)
+    print("[2/7] the teacher labels the labelled rows" + ("" if options.full else
+          " and the transfer set (the other training rows, their labels dropped)") + ", once", flush=True)
     run_recipe(run_cache_teacher, [*student, *transfer, *cached])
-    print("[3/7] distilling a compact student from that cache: the teacher pruned to 4 layers x 192, then "
-          "CE on the labelled sentences + soft labels on every sentence", flush=True)
+    print(f"[3/7] distilling a compact student from that cache: the teacher pruned to {shape}, then "
+          "CE on the labelled rows + soft labels on every row", flush=True)
     run_recipe(run_distillation, [*student, *transfer, *cached, "--output_dir", student_dir])
     print("[4/7] its no-teacher twin: the same pruned start and optimizer steps, labels only", flush=True)
     run_recipe(run_distillation, [*student, *twin_flags(student_dir), "--output_dir", twin_dir])
@@ -107,9 +122,9 @@ def main() -> None:
     table = summarize(teacher_dir, {"distilled": student_dir, "no_teacher": twin_dir}, metric="eval_accuracy")
     with open(os.path.join(options.output_root, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump(table, handle, indent=2)
-    print("\nSST-2 dev (872 sentences):\n" + table["markdown"], flush=True)
+    print(f"\n{task} dev:\n" + table["markdown"], flush=True)
 
-    print("\n[5/7] trimming the distilled student's vocabulary to the tokens of the training sentences", flush=True)
+    print("\n[5/7] trimming the distilled student's vocabulary to the tokens of the training rows", flush=True)
     trim_main(["--model", student_dir, "--texts", data[1], "--eval_texts", data[3], "--keep_alphabet",
                "--output_dir", trimmed_dir, "--overwrite_output_dir"])
     print("\n[6/7] exporting the distilled student, and its trimmed copy, to int8 ONNX (each checked against "
@@ -118,13 +133,13 @@ def main() -> None:
         # Kept even outside the check's bound (the verdict is printed and recorded in export_check.json):
         # the report below measures each int8 artifact's own accuracy, which is what decides whether to ship it.
         export_main(["--model", source, "--format", "onnx", "--quantize", "int8", "--output_dir", artifact_dir,
-                     "--config", STUDENT_CONFIG, *data[2:4], "--allow_mismatch"])
+                     "--config", options.student_config, *data[2:4], "--allow_mismatch"])
     if not options.skip_report:
         print("\n[7/7] measuring size, latency and the distillation metric of every artifact (hfkd report):",
               flush=True)
         report_main(["--teacher", teacher_dir, "--student", student_dir, "--student", twin_dir,
                      "--artifact", f"distilled-onnx-int8={onnx_dir}",
-                     "--artifact", f"distilled-trimmed-onnx-int8={trimmed_onnx_dir}", "--config", STUDENT_CONFIG,
+                     "--artifact", f"distilled-trimmed-onnx-int8={trimmed_onnx_dir}", "--config", options.student_config,
                      *data[2:4], "--repeats", "10", "--output_dir", os.path.join(options.output_root, "report")])
 
 if __name__ == "__main__":

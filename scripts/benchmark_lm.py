@@ -44,7 +44,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq
 
 import hfkd
 from hfkd.report.render import markdown_table
-from hfkd.teacher.cache import build_teacher_cache
+from hfkd.teacher.cache import build_teacher_cache, load_teacher_cache
+from hfkd.teacher.cache.shards import read_manifest
 from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
 HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "topk_cached", "on_policy_rkl", "mix")
@@ -115,7 +116,12 @@ def lm_rows(rows: list[dict[str, Any]]) -> Dataset:
 
 
 class Workload:
-    """What every variant shares, built once in the parent (forked children inherit it)."""
+    """What every variant shares, built once in the parent (forked children inherit it).
+
+    The parent itself never runs the models: torch's OpenMP runtime (libgomp) does not survive a
+    fork once its threads have run, and a forked child would hang at its first parallel region. The
+    teacher's held-out continuations, its perplexity and the top-k cache are computed in children.
+    """
 
     def __init__(self, options: argparse.Namespace) -> None:
         self.options = options
@@ -131,10 +137,10 @@ class Workload:
         self.kl_rows = prompt_rows(test, self.tokenizer, options)[: options.kl_prompts]
         ids = self.tokenizer("\n".join(test), add_special_tokens=False)["input_ids"][: options.eval_tokens]
         self.eval_blocks = torch.tensor(ids[: len(ids) // 256 * 256]).view(-1, 256)
-        teacher = self.teacher()
-        self.kl_sequences, self.kl_prompt_lengths, self.kl_teacher_logp = teacher_continuations(
-            teacher, self.kl_rows, self.tokenizer, options)
-        self.teacher_perplexity = perplexity(teacher, self.eval_blocks)
+        measured = in_child(teacher_side, self)
+        self.kl_sequences = [torch.from_numpy(a) for a in measured["kl_sequences"]]
+        self.kl_teacher_logp = [torch.from_numpy(a) for a in measured["kl_teacher_logp"]]
+        self.kl_prompt_lengths, self.teacher_perplexity = measured["kl_prompt_lengths"], measured["teacher_perplexity"]
 
     def teacher(self) -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(self.options.teacher, dtype=torch.float32).eval()
@@ -145,6 +151,23 @@ class Workload:
 
     def prompts(self) -> Dataset:
         return Dataset.from_list([{k: r[k] for k in (PROMPT_IDS, COMPLETION_IDS)} for r in self.train_rows])
+
+
+def teacher_side(work: Workload) -> dict[str, Any]:
+    """The teacher's held-out continuations with its log-probs on them, and its test perplexity."""
+    teacher = work.teacher()
+    sequences, prompt_lengths, log_probs = teacher_continuations(teacher, work.kl_rows, work.tokenizer, work.options)
+    # numpy through the pipe: torch would share the tensors' memory with the child, which exits first
+    return {"kl_sequences": [t.numpy() for t in sequences], "kl_prompt_lengths": prompt_lengths,
+            "kl_teacher_logp": [t.numpy() for t in log_probs], "teacher_perplexity": perplexity(teacher, work.eval_blocks)}
+
+
+def build_topk_cache(work: Workload, cache_dir: str) -> dict[str, Any]:
+    """The top-k teacher cache of the training rows, built once; its build time."""
+    started = time.perf_counter()
+    build_teacher_cache(work.teacher(), lm_rows(work.train_rows), DataCollatorForSeq2Seq(work.tokenizer, padding=True),
+                        cache_dir, batch_size=work.options.batch, top_k=work.options.top_k, temperature=1.0)
+    return {"seconds": time.perf_counter() - started}
 
 
 def teacher_continuations(teacher: torch.nn.Module, rows: list[dict], tokenizer: Any,
@@ -207,7 +230,7 @@ def common_args(options: argparse.Namespace, output_dir: str) -> dict[str, Any]:
             "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0}
 
 
-def run_variant(name: str, work: Workload, cache: Any) -> dict[str, Any]:
+def run_variant(name: str, work: Workload, cache_dir: str | None) -> dict[str, Any]:
     options = work.options
     teacher = work.teacher()
     student = work.student(teacher)
@@ -222,7 +245,8 @@ def run_variant(name: str, work: Workload, cache: Any) -> dict[str, Any]:
         if name in ("on_policy_rkl", "mix"):
             data, collator = work.prompts(), None
         else:
-            data = cache if name == "topk_cached" else lm_rows(work.train_rows)
+            data = (load_teacher_cache(cache_dir, read_manifest(cache_dir)) if name == "topk_cached"
+                    else lm_rows(work.train_rows))
             collator = DataCollatorForSeq2Seq(work.tokenizer, padding=True, label_pad_token_id=-100)
         uses_teacher = name not in ("no_teacher", "topk_cached")
         trainer = hfkd.DistillationTrainer(model=student, teacher_model=teacher if uses_teacher else None, args=args,
@@ -348,11 +372,8 @@ def main() -> None:
         "teacher_perplexity": work.teacher_perplexity, "runs": {}}
     cache = None
     if "topk_cached" in options.variants:
-        started = time.perf_counter()
-        cache = build_teacher_cache(work.teacher(), lm_rows(work.train_rows),
-                                    DataCollatorForSeq2Seq(work.tokenizer, padding=True), os.path.join(os.path.dirname(os.path.abspath(options.output)), "lm_teacher_cache"),
-                                    batch_size=options.batch, top_k=options.top_k, temperature=1.0)
-        results["cache_build_seconds"] = time.perf_counter() - started
+        cache = os.path.join(os.path.dirname(os.path.abspath(options.output)), "lm_teacher_cache")
+        results["cache_build_seconds"] = in_child(build_topk_cache, work, cache)["seconds"]
     results["floor"] = in_child(on_policy_floor, work)
     print("floor", results["floor"], flush=True)
     for name in options.variants:
