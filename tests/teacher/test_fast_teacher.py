@@ -122,3 +122,17 @@ def test_a_cache_teacher_below_the_agreement_bound_is_refused():
     with pytest.raises(DistillationSetupError, match="the teacher agrees with the full teacher on 98.0% .* "
                                                      "below teacher_min_agreement=0.99"):
         require_fidelity({"argmax_agreement": 0.98}, 0.99, "the teacher")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_teacher_dtype_runs_and_names_what_it_chose(tmp_path, monkeypatch, native):
+    """teacher_dtype='auto': a bf16 teacher on a CPU with bf16 instructions, the fp32 one elsewhere; the
+    model card names the choice, and says nothing of a cheaper teacher where there was none."""
+    monkeypatch.setattr("hfkd.teacher.loading.native_bf16", lambda device: native)
+    trainer = trainer_for(tmp_path, teacher_dtype="auto")
+    assert next(trainer.teacher.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    settings = trainer.distillation_settings()
+    if native:
+        assert "teacher_dtype=auto (bfloat16)" in settings["teacher_forward"]
+    else:
+        assert "teacher_forward" not in settings
