@@ -37,6 +37,7 @@ from hfkd.deploy.runtime import (
 from hfkd.io import atomic_write, recover, staged
 from hfkd.models import forward_arg_names, task_of
 from hfkd.report.measure import count_parameters
+from hfkd.student.quantization import onnx_reduce_range
 
 FORMATS = ("onnx", "torch")
 QUANTIZATIONS = ("int8",)
@@ -274,6 +275,7 @@ def _write_artifact(model: nn.Module, folder: Path, format: str, quantize: str |
 
         # Per output channel: what QAT (`qat_scheme='onnxruntime'`) trains for, and a smaller error.
         quantize_dynamic(fp32, folder / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=onnx_reduce_range(),
                          use_external_data_format=(fp32.parent / f"{ONNX_FILE}.data").exists())
         checks.append(check(artifact_kind(format, quantize), OnnxRuntimeModel(folder / ONNX_FILE)))
         for leftover in fp32.parent.iterdir():

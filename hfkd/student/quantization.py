@@ -9,7 +9,9 @@ the straight-through estimator (the rounding's gradient taken as 1) so the fp32 
 
 - weights: per output channel, symmetric int8 (scale = max|w| / 127 in ONNX Runtime, whose symmetric
   range is ±127; max|w| / 127.5 over -128..127 in PyTorch), as `quantize_dynamic(per_channel=True)`
-  and `per_channel_dynamic_qconfig` store them;
+  and `per_channel_dynamic_qconfig` store them. On a CPU without VNNI, hfkd exports ONNX int8 with
+  `reduce_range` (±64: ONNX Runtime's u8s8 kernels there saturate on full-range weights), and
+  `onnxruntime_scheme()` rounds the same way;
 - activations: per tensor, asymmetric uint8 from the tensor's own min/max including 0 (ONNX
   Runtime's DynamicQuantizeLinear: 0..255; PyTorch's x86 kernels use reduce_range: 0..127).
 
@@ -26,23 +28,41 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INT8_SCHEMES", "Int8Scheme", "fake_quantize", "quantized_linears"]
+__all__ = ["INT8_SCHEMES", "Int8Scheme", "fake_quantize", "int8_scheme", "onnx_reduce_range", "quantized_linears"]
 
 
 @dataclass(frozen=True)
 class Int8Scheme:
     """How a runtime's dynamic int8 rounds: weight scale = max|w| / weight_divisor, values clamped to
-    [weight_min, 127]; activations on `activation_levels` + 1 unsigned levels."""
+    [weight_min, weight_max]; activations on `activation_levels` + 1 unsigned levels."""
 
     weight_divisor: float
     weight_min: int
     activation_levels: int
+    weight_max: int = 127
 
 
 INT8_SCHEMES: dict[str, Int8Scheme] = {
     "onnxruntime": Int8Scheme(weight_divisor=127.0, weight_min=-127, activation_levels=255),
     "torch": Int8Scheme(weight_divisor=127.5, weight_min=-128, activation_levels=127),
 }
+# quantize_dynamic(reduce_range=True): symmetric weights on -64..64, scale = max|w| / 64
+ONNXRUNTIME_REDUCED = Int8Scheme(weight_divisor=64.0, weight_min=-64, activation_levels=255, weight_max=64)
+
+
+def onnx_reduce_range() -> bool:
+    """Whether ONNX int8 weights should use the reduced range here: on a CPU without VNNI, ONNX
+    Runtime's u8s8 kernels (plain AVX2/AVX-512) can saturate on full-range weights, and its
+    quantization guide recommends reduce_range there."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return not (probe() if probe is not None else True)
+
+
+def int8_scheme(name: str) -> Int8Scheme:
+    """The rounding of `name` ('onnxruntime' or 'torch') as hfkd's export applies it on this machine."""
+    if name == "onnxruntime" and onnx_reduce_range():
+        return ONNXRUNTIME_REDUCED
+    return INT8_SCHEMES[name]
 _TINY = torch.finfo(torch.float32).eps  # PyTorch's observers floor a scale here (an all-zero row)
 
 
@@ -55,7 +75,7 @@ def fake_quantize_weight(weight: Tensor, scheme: Int8Scheme) -> Tensor:
     """Per-output-channel symmetric int8 round trip of a [out, in] weight."""
     scale = (weight.detach().abs().amax(dim=1, keepdim=True) / scheme.weight_divisor).clamp_min(_TINY)
     # times the inverse scale, as PyTorch's quantizer: max|w| lands on 127.49999 (PyTorch) or 127, not on a tie
-    rounded = torch.clamp(torch.round(weight * (1 / scale)), scheme.weight_min, 127) * scale
+    rounded = torch.clamp(torch.round(weight * (1 / scale)), scheme.weight_min, scheme.weight_max) * scale
     return _straight_through(weight, rounded)
 
 

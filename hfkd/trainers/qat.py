@@ -16,7 +16,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hfkd.objective.projections import PROJECTIONS_ATTR
-from hfkd.student.quantization import INT8_SCHEMES, fake_quantize
+from hfkd.student.quantization import fake_quantize, int8_scheme
 
 __all__ = ["QuantizationAwareTraining"]
 
@@ -28,7 +28,7 @@ class QuantizationAwareTraining(TrainerCallback):
 
     def __init__(self, start: float, scheme: str = "onnxruntime") -> None:
         self.start = start
-        self.scheme = INT8_SCHEMES[scheme]
+        self.scheme = int8_scheme(scheme)
         self.start_step: int | None = None
         self.active = False
 

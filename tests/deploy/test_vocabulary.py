@@ -120,7 +120,9 @@ def test_same_tokens_and_outputs_on_the_given_texts(kind, tmp_path):
     assert len(retokenizer) == report.vocab_after
     for text in texts[:4]:
         assert retokenizer(text)["input_ids"] == trimmed(text)["input_ids"]
-        assert torch.equal(outputs(reloaded, retokenizer(text)["input_ids"]), outputs(model, trimmed(text)["input_ids"]))
+        # The same float64 weights, but loaded ones can take other kernels (layout) than the sliced ones
+        assert (outputs(reloaded, retokenizer(text)["input_ids"]) - outputs(model, trimmed(text)["input_ids"])
+                ).abs().max() <= FLOAT64_BOUND
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "byte_level_bpe"])

@@ -97,7 +97,9 @@ def test_pruned_student_round_trips_through_save_and_load(name: str, tmp_path) -
     student.save_pretrained(tmp_path)
     reloaded = FAMILIES[name][1].from_pretrained(tmp_path, dtype=torch.float64)
     assert type(reloaded) is type(student)
-    assert torch.equal(_outputs(reloaded), _outputs(student))
+    # float64 and the same weights; the reloaded (contiguous) tensors may take other kernels than the
+    # sliced ones, which sum in another order: differences at the 1e-16 level, far below this bound
+    assert (_outputs(reloaded) - _outputs(student)).abs().max() <= 1e-12
     assert getattr(reloaded.config, STUDENT_INIT_KEY) == {"init": "prune", "calibration_samples": 16}
     assert getattr(reloaded.config, TEACHER_LAYERS_KEY) == getattr(config, TEACHER_LAYERS_KEY)
 
