@@ -152,3 +152,18 @@ def test_qat_start_is_checked(tmp_path) -> None:
         DistillationConfig(output_dir=str(tmp_path), qat_start=1.0)
     with pytest.raises(ValueError, match="qat_scheme"):
         DistillationConfig(output_dir=str(tmp_path), qat_start=0.5, qat_scheme="tensorrt")
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_onnxruntime_scheme_follows_the_export_on_this_cpu(monkeypatch, vnni):
+    """Without VNNI the export quantizes weights on the reduced range (±64), and QAT rounds the same way."""
+    from hfkd.student.quantization import ONNXRUNTIME_REDUCED, fake_quantize_weight
+
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
+    assert onnx_reduce_range() is (not vnni)
+    scheme = int8_scheme("onnxruntime")
+    assert scheme is (INT8_SCHEMES["onnxruntime"] if vnni else ONNXRUNTIME_REDUCED)
+    assert int8_scheme("torch") is INT8_SCHEMES["torch"]
+    weight = torch.linspace(-1.0, 1.0, 301, dtype=torch.float64).view(1, -1)
+    levels = torch.unique(fake_quantize_weight(weight, scheme))
+    assert len(levels) == (255 if vnni else 129)  # -127..127 or -64..64, max|w| = 1 on the top level
