@@ -11,7 +11,7 @@ the straight-through estimator (the rounding's gradient taken as 1) so the fp32 
   range is ±127; max|w| / 127.5 over -128..127 in PyTorch), as `quantize_dynamic(per_channel=True)`
   and `per_channel_dynamic_qconfig` store them. On a CPU without VNNI, hfkd exports ONNX int8 with
   `reduce_range` (±64: ONNX Runtime's u8s8 kernels there saturate on full-range weights), and
-  `onnxruntime_scheme()` rounds the same way;
+  `int8_scheme("onnxruntime")` rounds the same way;
 - activations: per tensor, asymmetric uint8 from the tensor's own min/max including 0 (ONNX
   Runtime's DynamicQuantizeLinear: 0..255; PyTorch's x86 kernels use reduce_range: 0..127).
 
