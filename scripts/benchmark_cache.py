@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    KD_SETTINGS, ROOT, SST2_DIR, STUDENT_LAYERS, in_child, load_sst2, now, quiet_libraries, save_layer_student, smollm2_teacher,
+    KD_SETTINGS, ROOT, SST2_DIR, STUDENT_LAYERS, cpu_name, in_child, load_sst2, now, quiet_libraries, save_layer_student, smollm2_teacher,
     trainer_settings, write_results,
 )
 import psutil
@@ -74,7 +74,7 @@ def main() -> None:
     work = options.work or tempfile.mkdtemp(prefix="hfkd-cache-bench-")
     os.makedirs(work, exist_ok=True)
     os.environ["HF_DATASETS_CACHE"] = os.path.join(work, "hf_cache")
-    results: dict[str, Any] = {"cpu": _cpu(), "command": " ".join(sys.argv), "teacher": options.teacher,
+    results: dict[str, Any] = {"cpu": cpu_name(), "command": " ".join(sys.argv), "teacher": options.teacher,
                                "build": [], "processes": [], "kill": None, "lm": [], "step": None}
 
     def save() -> None:
@@ -304,12 +304,6 @@ def render(results: dict[str, Any]) -> str:
 
 def _sizes(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip() and int(x) > 0]
-
-
-def _cpu() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    return f"{model}, {os.cpu_count()} cores (shared)"
 
 
 if __name__ == "__main__":

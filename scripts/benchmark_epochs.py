@@ -40,7 +40,7 @@ from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
     ALPHA_KD, KD_SETTINGS, LEARNING_RATE, ROOT, SST2_DIR, STUDENT_LAYERS, TEMPERATURE, NaiveDistillationTrainer,
-    device, in_child, load_classifier, load_sst2, quiet_libraries, skip_textbrewer, textbrewer_distiller,
+    cpu_name, device, in_child, load_classifier, load_sst2, quiet_libraries, skip_textbrewer, textbrewer_distiller,
     trainer_settings, write_results,
 )
 import torch
@@ -203,7 +203,7 @@ def markdown(report: dict) -> str:
                      else "–"])
     headers = ["variant", "seeds", "wall time (s)", "of which cache build (s)", "SST-2 dev accuracy (%)",
                f"faster peer ({report['faster_peer'] or 'none run'}) ÷ variant", "vs peers' mean accuracy (points)"]
-    return markdown_table(headers, rows)
+    return f"CPU: {report['settings']['cpu']}; {report['settings']['threads']} threads.\n\n" + markdown_table(headers, rows)
 
 
 def main() -> None:
@@ -218,7 +218,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     settings = {"train_rows": len(train), "epochs": options.epochs, "batch_size": options.batch_size,
                 "threads": options.threads, "teacher": options.teacher, "torch": torch.__version__,
-                "device": device(), "max_steps": options.max_steps, "seeds": seeds}
+                "device": device(), "cpu": cpu_name(), "max_steps": options.max_steps, "seeds": seeds}
     with tempfile.TemporaryDirectory(prefix="hfkd-epochs-") as work_dir:
         for seed in seeds:
             for variant in variants:

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    DATA_DIR, _reset_peak_rss, _status_kb, durations, in_child, now, quiet_libraries, smollm2_teacher,
+    DATA_DIR, _reset_peak_rss, _status_kb, cpu_name, durations, in_child, now, quiet_libraries, smollm2_teacher,
     write_results)
 import torch
 from datasets import Dataset
@@ -322,14 +320,6 @@ def on_policy_floor(work: Workload) -> dict[str, float]:
 # ---------------------------------------------------------------- report
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}" if reference else "–"
 
@@ -367,7 +357,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "settings": {k: getattr(options, k) for k in ("layers", "steps", "batch", "prompt_words", "completion_tokens",
                                                       "top_k", "learning_rate", "eval_tokens", "kl_prompts", "seed")},
-        "device": f"{cpu_name()}, {torch.get_num_threads()} threads" + (
+        "device": f"{cpu_name()}; {torch.get_num_threads()} threads" + (
             f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "teacher_perplexity": work.teacher_perplexity, "runs": {}}
     cache = None

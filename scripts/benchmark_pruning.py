@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    CONFIGS, SST2_DIR, data_flags, done, load_sst2, quiet_libraries, trainer_settings, write_results,
+    CONFIGS, SST2_DIR, cpu_name, data_flags, done, load_sst2, quiet_libraries, trainer_settings, write_results,
 )
 import numpy as np
 from transformers import (
@@ -91,17 +90,6 @@ def shape_flags(args: argparse.Namespace) -> list[str]:
             "--student_intermediate_size", str(args.intermediate), "--student_num_attention_heads", str(heads)]
 
 
-def cpu_name() -> str:
-    """The CPU model (with AMX when it has it: the int8/bf16 kernels differ), else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return (name or platform.machine()) + (" (amx_int8, amx_bf16)" if "amx_int8" in info else "")
-
-
 def markdown(results: dict) -> str:
     lines = [f"Teacher `{results['settings']['teacher']}` ({results['teacher']['params'] / 1e6:.1f}M, dev "
              f"{results['teacher']['accuracy']:.2%}); {results['settings']['cpu']}.", "",
@@ -133,7 +121,7 @@ def main() -> None:
     results = before_training(args)
     results["settings"] = {"teacher": args.teacher, "calibration_samples": args.calibration_samples,
                            "train_samples": args.train_samples, "epochs": args.epochs,
-                           "cpu": f"{cpu_name()}, {os.cpu_count()} cores"}
+                           "cpu": cpu_name()}
     print(json.dumps(results, indent=2))
     if args.train_samples:
         for init, name in (("prune", "pruned"), ("random", "random")):

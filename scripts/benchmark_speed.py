@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    ALPHA_KD, KD_SETTINGS, LEARNING_RATE, SST2_DIR, STUDENT_LAYERS, NaiveDistillationTrainer, Stamp, device,
+    ALPHA_KD, KD_SETTINGS, LEARNING_RATE, SST2_DIR, STUDENT_LAYERS, NaiveDistillationTrainer, Stamp, cpu_name, device,
     durations, forward_times, in_child, load_classifier, load_sst2, now, quiet_libraries, skip_textbrewer,
     textbrewer_distiller, trainer_settings, write_results,
 )
@@ -272,7 +272,7 @@ def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache
         "settings": {
             "timed_steps_per_variant": options.steps, "warmup_steps": options.warmup, "rounds": options.rounds,
             "batch_size": options.batch_size, "max_seq_length": options.max_seq_length, "threads": options.threads,
-            "device": device(), "torch": torch.__version__,
+            "device": device(), "cpu": cpu_name(), "torch": torch.__version__,
             "full_train_rows": full_rows, "steps_per_epoch": steps_per_epoch,
         },
         "method": (
@@ -302,7 +302,8 @@ def markdown(report: dict) -> str:
                          f"{report['step_cpu_seconds_mean'][v]:.3f}", f"{speed:.1f}",
                          f"{report['peak_memory_mb'][v]:.0f}"])
     headers = ["variant", "what", "step (s)", "CPU (s/step)", "samples/s", "peak memory (MB)"]
-    lines = [markdown_table(headers, rows, align="llrrrr"), ""]
+    lines = [f"CPU: {report['settings']['cpu']}; {report['settings']['threads']} threads.", "",
+             markdown_table(headers, rows, align="llrrrr"), ""]
     if report["cache_build_seconds"] is not None:
         lines.append(f"Cache build: {report['cache_build_seconds']} s for {report['cache_rows']} rows "
                      f"(~{report['cache_build_seconds_full_train_extrapolated']} s for the full train split).")
