@@ -14,7 +14,8 @@ teacher layers 0, 2, 4), or any `name=config.yaml`. Rows:
 - kd: the labelled set, the config's CE + KD weights (logit terms: the teacher runs once, into a cache);
 - kd_transfer: kd plus the transfer set (CE on the labelled rows, KD on all);
 - kd_augment / kd_both: kd (plus the transfer set) plus TinyBERT augmentation of the labelled set
-  (`--augment_copies` copies by `--augment_mlm`; the rows are skipped without an MLM).
+  (`--augment_copies` copies by `--augment_mlm`; the rows are skipped without an MLM). No masked LM
+  ships offline; BENCHMARKS.md fits one with `hfkd finetune --task masked_lm` on the SST-2 train text.
 
 One teacher cache (`hfkd.teacher.cache`) holds every row used, so each run trains from it. Each run's
 result is saved as it finishes (a rerun skips finished runs); the table gives mean ± std of dev
