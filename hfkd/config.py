@@ -269,13 +269,13 @@ class DistillationConfig(TrainingArguments):
     qat_start: float | None = option(
         None,
         "Quantization-aware distillation: after this fraction of the optimizer steps (0.8: the last fifth) the "
-        "student's nn.Linear layers train fake-quantised int8 as qat_scheme deploys them (straight-through "
-        "estimator); the saved student stays plain fp32.",
+        "student's nn.Linear layers (and, for onnxruntime, its embedding tables) train fake-quantised int8 as "
+        "qat_scheme deploys them (straight-through estimator); the saved student stays plain fp32.",
     )
     qat_scheme: str = option(
         "onnxruntime",
         "The dynamic int8 rounding QAT matches: onnxruntime (quantize_dynamic(per_channel=True): weights "
-        "per channel in ±127, activations 0..255) or torch (quantize_dynamic with per_channel_dynamic_qconfig, "
+        "per channel in ±127, activations and embedding tables 0..255) or torch (quantize_dynamic with per_channel_dynamic_qconfig, "
         "x86: activations 0..127).",
     )
 

@@ -13,11 +13,16 @@ the straight-through estimator (the rounding's gradient taken as 1) so the fp32 
   `reduce_range` (±64: ONNX Runtime's u8s8 kernels there saturate on full-range weights), and
   `int8_scheme("onnxruntime")` rounds the same way;
 - activations: per tensor, asymmetric uint8 from the tensor's own min/max including 0 (ONNX
-  Runtime's DynamicQuantizeLinear: 0..255; PyTorch's x86 kernels use reduce_range: 0..127).
+  Runtime's DynamicQuantizeLinear: 0..255; PyTorch's x86 kernels use reduce_range: 0..127);
+- embedding tables (ONNX Runtime only): its `quantize_dynamic` also quantizes every `Gather` of a
+  weight, so word, position and token-type embeddings ship as uint8, one scale per table, rounded
+  like an activation (0..255 from the table's min/max including 0). For a compact BERT student the
+  word embeddings are most of the parameters, and this rounding alone flipped as many dev decisions
+  as all the linear layers' (BENCHMARKS.md). PyTorch's `quantize_dynamic` leaves embeddings fp32.
 
-Only `nn.Linear` is quantised, as both `quantize_dynamic` defaults do (not GPT-2's Conv1D, embeddings
-or attention matmuls). The fake quantisation replaces each module's `forward` on the instance and
-stores nothing, so the weights and `state_dict` stay plain fp32.
+`nn.Linear` and (ONNX Runtime) `nn.Embedding` are quantised, as the runtimes' defaults do (not
+GPT-2's Conv1D or attention matmuls). The fake quantisation replaces each module's `forward` on the
+instance and stores nothing, so the weights and `state_dict` stay plain fp32.
 """
 
 from __future__ import annotations
@@ -28,26 +33,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INT8_SCHEMES", "Int8Scheme", "fake_quantize", "int8_scheme", "onnx_reduce_range", "quantized_linears"]
+__all__ = ["INT8_SCHEMES", "Int8Scheme", "fake_quantize", "int8_scheme", "onnx_reduce_range", "quantized_embeddings",
+           "quantized_linears"]
 
 
 @dataclass(frozen=True)
 class Int8Scheme:
     """How a runtime's dynamic int8 rounds: weight scale = max|w| / weight_divisor, values clamped to
-    [weight_min, weight_max]; activations on `activation_levels` + 1 unsigned levels."""
+    [weight_min, weight_max]; activations on `activation_levels` + 1 unsigned levels; `embeddings`:
+    whether embedding tables are rounded too (per table, as an activation)."""
 
     weight_divisor: float
     weight_min: int
     activation_levels: int
     weight_max: int = 127
+    embeddings: bool = False
 
 
 INT8_SCHEMES: dict[str, Int8Scheme] = {
-    "onnxruntime": Int8Scheme(weight_divisor=127.0, weight_min=-127, activation_levels=255),
+    "onnxruntime": Int8Scheme(weight_divisor=127.0, weight_min=-127, activation_levels=255, embeddings=True),
     "torch": Int8Scheme(weight_divisor=127.5, weight_min=-128, activation_levels=127),
 }
 # quantize_dynamic(reduce_range=True): symmetric weights on -64..64, scale = max|w| / 64
-ONNXRUNTIME_REDUCED = Int8Scheme(weight_divisor=64.0, weight_min=-64, activation_levels=255, weight_max=64)
+ONNXRUNTIME_REDUCED = Int8Scheme(weight_divisor=64.0, weight_min=-64, activation_levels=255, weight_max=64,
+                                 embeddings=True)
 
 
 def onnx_reduce_range() -> bool:
@@ -98,18 +107,37 @@ def _fake_quant_forward(self: nn.Linear, x: Tensor) -> Tensor:
     )
 
 
+def _fake_quant_embedding_forward(self: nn.Embedding, ids: Tensor) -> Tensor:
+    table = fake_quantize_activation(self.weight, self.hfkd_int8_scheme)
+    return nn.functional.embedding(ids, table, self.padding_idx, self.max_norm, self.norm_type,
+                                   self.scale_grad_by_freq, self.sparse)
+
+
+def _modules_of(model: nn.Module, kind: type[nn.Module], skip: tuple[str, ...]) -> list[nn.Module]:
+    skipped = {id(m) for name in skip if hasattr(model, name) for m in getattr(model, name).modules()}
+    return [m for m in model.modules() if isinstance(m, kind) and id(m) not in skipped]
+
+
 def quantized_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> list[nn.Linear]:
     """The linear layers dynamic int8 quantises: every `nn.Linear` outside the submodules named in `skip`."""
-    skipped = {id(m) for name in skip if hasattr(model, name) for m in getattr(model, name).modules()}
-    return [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in skipped]
+    return _modules_of(model, nn.Linear, skip)
+
+
+def quantized_embeddings(model: nn.Module, skip: tuple[str, ...] = ()) -> list[nn.Embedding]:
+    """The embedding tables ONNX Runtime's dynamic int8 quantises: every `nn.Embedding` outside `skip`."""
+    return _modules_of(model, nn.Embedding, skip)
 
 
 def fake_quantize(model: nn.Module, scheme: Int8Scheme | None, skip: tuple[str, ...] = ()) -> None:
-    """Switch the model's linear layers (but `skip`'s) to fake-quantised int8 (`scheme`) or back to fp32 (None)."""
-    for linear in quantized_linears(model, skip):
+    """Switch the model's linear layers and, where the scheme rounds them, embedding tables (but `skip`'s)
+    to fake-quantised int8 (`scheme`), or all of them back to fp32 (None)."""
+    forwards = [(m, _fake_quant_forward) for m in quantized_linears(model, skip)]
+    if scheme is None or scheme.embeddings:
+        forwards += [(m, _fake_quant_embedding_forward) for m in quantized_embeddings(model, skip)]
+    for module, forward in forwards:
         if scheme is None:
-            linear.__dict__.pop("forward", None)
-            linear.__dict__.pop("hfkd_int8_scheme", None)
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("hfkd_int8_scheme", None)
         else:
-            linear.hfkd_int8_scheme = scheme
-            linear.forward = types.MethodType(_fake_quant_forward, linear)
+            module.hfkd_int8_scheme = scheme
+            module.forward = types.MethodType(forward, module)

@@ -32,6 +32,27 @@ def _bound(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return float32_bound(magnitudes.unsqueeze(-1), n=x.shape[-1], ulps=2, dim=-1)
 
 
+def _onnxruntime_int8(tmp_path, nodes: list, inputs: list, output: tuple[str, list], weights: dict,
+                      feed: dict[str, np.ndarray]) -> torch.Tensor:
+    """Run a one-op ONNX graph after quantize_dynamic as hfkd's export calls it on this machine
+    (reduced range without VNNI): the runtime's own int8 result that the fake rounding must match."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ins, outs) for op, ins, outs in nodes], "op",
+        [helper.make_tensor_value_info(name, dtype, shape) for name, dtype, shape in inputs],
+        [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8,
+                     reduce_range=onnx_reduce_range())
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch.ao's own notices
 def test_fake_quant_equals_torch_dynamic_int8() -> None:
     if not hasattr(torch.ao.quantization, "quantize_dynamic"):
@@ -49,24 +70,14 @@ def test_fake_quant_equals_torch_dynamic_int8() -> None:
 
 
 def test_fake_quant_equals_onnxruntime_quantize_dynamic(tmp_path) -> None:
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto
 
     linear, x = _linear_and_input(1)
     weight, bias = linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy()
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 24])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
-    # As hfkd's export quantizes on this machine (reduced range without VNNI), and the scheme that mirrors it
-    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8,
-                     reduce_range=onnx_reduce_range())
-    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
-    expected = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    expected = _onnxruntime_int8(tmp_path, [("MatMul", ["x", "w"], ["xw"]), ("Add", ["xw", "b"], ["y"])],
+                                 [("x", TensorProto.FLOAT, [None, None, 64])], ("y", [None, None, 24]),
+                                 {"w": weight, "b": bias}, {"x": x.numpy()})
     fake = copy.deepcopy(linear)
     fake_quantize(fake, int8_scheme("onnxruntime"))
     with torch.no_grad():
@@ -75,6 +86,38 @@ def test_fake_quant_equals_onnxruntime_quantize_dynamic(tmp_path) -> None:
     assert_within(actual, expected, bound)
     assert (fp32 - expected).abs().max() > 20 * bound.max()
     assert np.isfinite(expected.numpy()).all()
+
+
+def test_fake_quant_embeddings_equal_onnxruntime_gather(tmp_path) -> None:
+    """ONNX Runtime's quantize_dynamic also rounds embedding tables (every Gather of a weight, uint8,
+    one scale per table); the onnxruntime scheme rounds nn.Embedding the same way, the torch one not."""
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto
+
+    torch.manual_seed(2)
+    embedding = nn.Embedding(50, 16)
+    with torch.no_grad():
+        embedding.weight.mul_(0.7).add_(0.1)  # an off-centre range: the zero point matters
+    ids = torch.randint(0, 50, (4, 7))
+    expected = _onnxruntime_int8(tmp_path, [("Gather", ["table", "ids"], ["y"])],
+                                 [("ids", TensorProto.INT64, [None, None])], ("y", [None, None, 16]),
+                                 {"table": embedding.weight.detach().numpy()}, {"ids": ids.numpy()})
+    fake = copy.deepcopy(embedding)
+    fake_quantize(fake, int8_scheme("onnxruntime"))
+    with torch.no_grad():
+        actual, fp32 = fake(ids), embedding(ids)
+    weight = embedding.weight.detach()
+    level = float(weight.max().clamp_min(0) - weight.min().clamp_max(0)) / 255
+    # Both dequantise (q - zero_point) * scale in float32 from the same integer levels: a few ulps of
+    # the value; the scale itself is computed by each side in its own precision (one ulp of it, times
+    # at most 255 levels).
+    assert_within(actual, expected, 4 * torch.finfo(torch.float32).eps * (expected.abs() + 255 * level))
+    assert (fp32 - expected).abs().max() > level / 4  # the rounding is visible: the test can fail
+    untouched = copy.deepcopy(embedding)
+    fake_quantize(untouched, INT8_SCHEMES["torch"])  # PyTorch's quantize_dynamic keeps embeddings fp32
+    assert "forward" not in untouched.__dict__
+    fake_quantize(fake, None)
+    assert "forward" not in fake.__dict__
 
 
 def test_gradients_pass_straight_through() -> None:
