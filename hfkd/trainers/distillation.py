@@ -329,6 +329,9 @@ class DistillationTrainer(DistillationTrainerBase):
         if copied is not None:
             settings["student_init"] = f"teacher layers {list(copied)} (0-based)"
         settings.update(self.teachers_side.describe())
+        if args.qat_start is not None:
+            settings["quantization_aware"] = (f"last {1 - args.qat_start:.0%} of the steps fake-quantised int8 "
+                                              f"({args.qat_scheme} rounding)")
         if "teachers" in settings and self.objective.layer_pairs:
             settings["teachers"] += "; hidden/attention terms from the first"
         scheduled = self.schedule.describe()

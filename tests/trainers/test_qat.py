@@ -172,6 +172,8 @@ def test_qat_run_trains_the_end_fake_quantised_and_saves_plain_fp32(tmp_path) ->
     assert spy.quantised_steps == [3, 4]  # steps 3 and 4 of 4 (qat_start 0.5: from global step 2 on)
     assert not any("forward" in m.__dict__ for m in trainer.model.modules())  # fp32 again after training
     trainer.save_model()
+    card = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
+    assert "| quantization_aware | last 50% of the steps fake-quantised int8 (onnxruntime rounding) |" in card
     saved = load_file(tmp_path / "run" / "model.safetensors")
     assert set(saved) == {k for k in trainer.model.state_dict() if not k.startswith("hfkd_projections")}
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run", dtype=torch.float64)
