@@ -90,10 +90,12 @@ def fake_quantize_weight(weight: Tensor, scheme: Int8Scheme) -> Tensor:
     return _straight_through(weight, rounded)
 
 
-def fake_quantize_activation(x: Tensor, scheme: Int8Scheme) -> Tensor:
-    """Per-tensor asymmetric uint8 round trip from the tensor's own range (which includes 0)."""
+def fake_quantize_activation(x: Tensor, scheme: Int8Scheme, range_of: Tensor | None = None) -> Tensor:
+    """Per-tensor asymmetric uint8 round trip from the range (which includes 0) of `range_of`, by
+    default `x` itself (an embedding lookup rounds its rows with the whole table's range)."""
     levels = scheme.activation_levels
-    low, high = x.detach().min().clamp_max(0), x.detach().max().clamp_min(0)
+    source = (x if range_of is None else range_of).detach()
+    low, high = source.min().clamp_max(0), source.max().clamp_min(0)
     scale = ((high - low) / levels).clamp_min(_TINY)
     zero_point = torch.clamp(torch.round(-low / scale), 0, levels)
     rounded = (torch.clamp(torch.round(x / scale) + zero_point, 0, levels) - zero_point) * scale
@@ -108,9 +110,10 @@ def _fake_quant_forward(self: nn.Linear, x: Tensor) -> Tensor:
 
 
 def _fake_quant_embedding_forward(self: nn.Embedding, ids: Tensor) -> Tensor:
-    table = fake_quantize_activation(self.weight, self.hfkd_int8_scheme)
-    return nn.functional.embedding(ids, table, self.padding_idx, self.max_norm, self.norm_type,
+    # Only the looked-up rows are rounded (the table's range is one reduction): cheaper than the table.
+    rows = nn.functional.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type,
                                    self.scale_grad_by_freq, self.sparse)
+    return fake_quantize_activation(rows, self.hfkd_int8_scheme, range_of=self.weight)
 
 
 def _modules_of(model: nn.Module, kind: type[nn.Module], skip: tuple[str, ...]) -> list[nn.Module]:
