@@ -275,8 +275,8 @@ class DistillationConfig(TrainingArguments):
     qat_scheme: str = option(
         "onnxruntime",
         "The dynamic int8 rounding QAT matches: onnxruntime (quantize_dynamic(per_channel=True): weights "
-        "per channel in ±127, activations and embedding tables 0..255) or torch (quantize_dynamic with per_channel_dynamic_qconfig, "
-        "x86: activations 0..127).",
+        "per channel in ±127, activations and embedding tables 0..255) or torch (quantize_dynamic with "
+        "per_channel_dynamic_qconfig, x86: activations 0..127).",
     )
 
     def __post_init__(self) -> None:
