@@ -71,7 +71,16 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--output_root", default="outputs/sst2")
     parser.add_argument("--skip_report", action="store_true", help="Skip the latency/DM report at the end.")
     parser.add_argument("--reuse_teacher", action="store_true",
-                        help="Skip fine-tuning when output_root/teacher already holds a finished teacher.")
+                        help="Skip fine-tuning when the teacher folder already holds a finished teacher.")
+    parser.add_argument("--teacher_dir", default=None,
+                        help="The teacher's folder (default: output_root/teacher); several runs can share one with "
+                             "--reuse_teacher.")
+    parser.add_argument("--cache_dir", default=None,
+                        help="The teacher cache's folder (default: output_root/teacher_cache); a complete cache of "
+                             "the same teacher, rows and settings is reused as it is.")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="Seed of the two students' runs (pruning sample, head, batch order; default: the "
+                             "student config's). The teacher keeps its config's seed.")
     return parser.parse_args()
 
 
@@ -89,7 +98,7 @@ def main() -> None:
             "--validation_file", os.path.join(options.data_dir, "dev.tsv")]
     if not options.full:
         data += ["--max_train_samples", str(options.train_samples)]
-    teacher_dir = os.path.join(options.output_root, "teacher")
+    teacher_dir = options.teacher_dir or os.path.join(options.output_root, "teacher")
     student_dir = os.path.join(options.output_root, "student_pruned")
     twin_dir = os.path.join(options.output_root, "student_pruned_no_teacher")
     onnx_dir = os.path.join(options.output_root, "student_pruned_onnx_int8")
@@ -107,11 +116,11 @@ def main() -> None:
                                   "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
                    config_class=TrainingArguments)
     student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
-               "--overwrite_output_dir", *data]
+               "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else [])]
     # The transfer set: the whole train split without labels; the labelled rows among it are dropped.
     transfer = [] if options.full else ["--unlabeled_file", data[1]] + (
         ["--max_unlabeled_samples", str(options.transfer_samples)] if options.transfer_samples else [])
-    cached = ["--teacher_cache_dir", os.path.join(options.output_root, "teacher_cache")]
+    cached = ["--teacher_cache_dir", options.cache_dir or os.path.join(options.output_root, "teacher_cache")]
     print("[2/7] the teacher labels the labelled rows" + ("" if options.full else
           " and the transfer set (the other training rows, their labels dropped)") + ", once", flush=True)
     run_recipe(run_cache_teacher, [*student, *transfer, *cached])

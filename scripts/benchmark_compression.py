@@ -1,19 +1,20 @@
-"""Does distillation pay for a compact student, measured on what is deployed?
+"""Does distillation pay for a compact student, measured on what is deployed? The main job, over seeds.
 
-    python scripts/benchmark_compression.py --teacher_dir outputs/sst2/teacher \
-        [--students pruned_4x192_kd pruned_4x192_tinybert l3_copied] [--seeds 1 2 3] [--train_samples 8000] \
-        [--runs no_teacher distilled distilled+transfer] [--transfer_samples 16000] [--output_root outputs/compression]
+    python scripts/benchmark_compression.py [--full] [--seeds 1 2 3] [--output_root outputs/compression] \
+        [any recipes/sst2_main_job.py flag, e.g. --student_config ... --train_samples 8000]
 
-For each student recipe and seed, the same start is trained through the recipes (`hfkd distill`):
-its no-teacher twin (one labels-only stage, as many optimizer steps as the longest distilled run),
-distilled with the recipe's objective on the labelled sentences, and distilled with N more SST-2
-training sentences without their labels as a transfer set (a seeded sample of the whole train
-split, so about N x 8,000 / 67,349 of them are also among the labelled ones). The last of these runs
-then becomes the artifacts a user would ship: itself (PyTorch fp32), its vocabulary trimmed to the
-training sentences (`hfkd trim-vocab`), and int8 ONNX of both (`hfkd export --quantize int8`,
-kept even outside the export check's bound, which is recorded). `hfkd report` scores every artifact
-by running it on the full dev set and gives parameters, bytes and DM by each; rows are mean ± std
-over seeds. Writes compression.json and compression.md in --output_root.
+Each seed runs the README's main job (recipes/sst2_main_job.py) with that seed: the compact student
+(the teacher pruned, distilled from the teacher cache, its last fifth int8-aware), its no-teacher twin
+(the same pruned start and optimizer steps, labels only), the distilled student's trimmed-vocabulary
+copy, int8 ONNX of both, and `hfkd report`, which scores every artifact by running it on the whole
+dev set. The teacher is fine-tuned once (its config's seed) and the cache built once: every seed
+reuses both, so the seeds differ only in the students' runs (pruning sample, head, batch order).
+`--full` labels the whole train split (the full-train teacher, no transfer set); without it, the
+main job's 8,000 labelled sentences and the rest of the split as an unlabeled transfer set.
+
+Rows: mean ± std over the seeds of each artifact's measured score, its share of the teacher's, DM
+(α = 0.5) with size = parameters and with size = bytes on disk, and the batch-1 speed-up. A seed whose
+report exists is not rerun. Writes compression.json and compression.md in --output_root.
 """
 
 from __future__ import annotations
@@ -22,134 +23,87 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 
-from benchmarking import CONFIGS, SST2_DIR, cpu_name, data_flags, ensure_teacher, quiet_libraries, write_results
+from benchmarking import ROOT, cpu_name, write_results
 
-from hfkd.app.export_cli import export_main
-from hfkd.app.recipes import main as run_recipe
-from hfkd.app.recipes import run_distillation
-from hfkd.app.report_cli import main as report_main
-from hfkd.app.trim_vocab import main as trim_main
+from hfkd.report.render import markdown_table
 
-STUDENTS = {"pruned_4x192_kd": "sst2_minilm_pruned_kd.yaml", "pruned_4x192_tinybert": "sst2_minilm_pruned.yaml",
-            "l3_copied": "sst2_minilm_l3_tinybert.yaml"}
-RUNS = ("no_teacher", "distilled", "distilled+transfer")
-ALPHA = 0.5
+MAIN_JOB = os.path.join(ROOT, "recipes", "sst2_main_job.py")
+# The main job's report rows, in the order the table shows them.
+ROWS = {"student_pruned": "distilled (PyTorch fp32)", "distilled-onnx-int8": "distilled, int8 ONNX",
+        "distilled-trimmed-onnx-int8": "distilled, vocabulary trimmed, int8 ONNX",
+        "student_pruned_no_teacher": "no-teacher twin (PyTorch fp32)"}
 
 
-def parse() -> argparse.Namespace:
+def parse() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher_dir", default="outputs/sst2/teacher",
-                        help="Fine-tuned teacher (trained like the main job's if missing).")
-    parser.add_argument("--students", nargs="+", default=["pruned_4x192_kd"], choices=sorted(STUDENTS))
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
-                        help="distilled+transfer needs --transfer_samples; the deployable artifacts are made of the "
-                             "last run given.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--train_samples", type=int, default=8000, help="Labelled sentences (the main job's subsample).")
-    parser.add_argument("--transfer_samples", type=int, default=0,
-                        help="Unlabeled training sentences added in a third run (0: no transfer-set run).")
-    parser.add_argument("--repeats", type=int, default=5, help="Timed runs per latency measurement in the report.")
     parser.add_argument("--output_root", default="outputs/compression")
-    return parser.parse_args()
+    options, job_flags = parser.parse_known_args()
+    taken = {"--output_root", "--seed", "--teacher_dir", "--cache_dir", "--reuse_teacher", "--skip_report"}
+    clash = sorted(taken & {flag.partition("=")[0] for flag in job_flags})
+    if clash:
+        parser.error(f"{', '.join(clash)} are set per seed by this script: leave them out.")
+    return options, job_flags
 
 
-def twin_stage(config_path: str, options: argparse.Namespace) -> str:
-    """One CE-only stage as long as the recipe (its stages' sum, else its num_train_epochs) in optimizer
-    steps: with a transfer-set run, as many steps as that run (whose epochs cover the unlabeled rows too)."""
-    import yaml
-
-    with open(config_path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
-    epochs = sum(s["num_train_epochs"] for s in config["stages"]) if config.get("stages") else config["num_train_epochs"]
-    if "distilled+transfer" in options.runs:
-        epochs *= (options.train_samples + options.transfer_samples) / options.train_samples
-    return json.dumps([{"num_train_epochs": epochs, "alpha_ce": 1.0, "alpha_kd": 0.0, "alpha_hidden": 0.0,
-                        "alpha_attention": 0.0}])
-
-
-def train(config_path: str, output_dir: str, seed: int, options: argparse.Namespace, extra: list[str]) -> None:
-    if os.path.isfile(os.path.join(output_dir, "eval_results.json")):
-        return
-    data = [*data_flags(SST2_DIR), "--max_train_samples", str(options.train_samples)]
-    run_recipe(run_distillation, ["--config", config_path, "--teacher_model_name_or_path", options.teacher_dir,
-                                  "--output_dir", output_dir, "--seed", str(seed),
-                                  "--save_strategy", "no", *data, *extra])
-
-
-def artifacts(model_dir: str, config_path: str) -> dict[str, str]:
-    """The trained folder, its trimmed copy and int8 ONNX of both: name -> folder."""
-    trimmed, made = f"{model_dir}_trimmed", {"fp32": model_dir}
-    if not os.path.isfile(os.path.join(trimmed, "config.json")):
-        trim_main(["--model", model_dir, "--texts", config_path, "--output_dir", trimmed])
-    made["trimmed"] = trimmed
-    for name, source in list(made.items()):
-        onnx = f"{source}_onnx_int8"
-        if not os.path.isfile(os.path.join(onnx, "hfkd_export.json")):
-            export_main(["--model", source, "--format", "onnx", "--quantize", "int8", "--output_dir", onnx,
-                         "--config", config_path, "--validation_file", os.path.join(SST2_DIR, "dev.tsv"),
-                         "--allow_mismatch"])
-        made[f"{name}+onnx_int8"] = onnx
-    return made
-
-
-def run_seed(student: str, seed: int, options: argparse.Namespace) -> list[dict]:
-    config_path = os.path.join(CONFIGS, STUDENTS[student])
-    root = os.path.join(options.output_root, f"{student}_seed{seed}")
-    flags = {"no_teacher": ["--stages", twin_stage(config_path, options)], "distilled": [],
-             "distilled+transfer": ["--unlabeled_file", os.path.join(SST2_DIR, "train.tsv"),
-                                    "--max_unlabeled_samples", str(options.transfer_samples)]}
-    runs = {run: flags[run] for run in options.runs}
-    shipped = options.runs[-1]  # the deployable artifacts are made of the last run given only
-    named = []
-    for run, extra in runs.items():
-        train(config_path, os.path.join(root, run), seed, options, extra)
-        made = artifacts(os.path.join(root, run), config_path) if run == shipped else {"fp32": os.path.join(root, run)}
-        named += [(f"{run}/{kind}", path) for kind, path in made.items()]
-    report = report_main(["--teacher", options.teacher_dir, *[a for n, p in named for a in ("--artifact", f"{n}={p}")],
-                          "--config", config_path, "--validation_file", os.path.join(SST2_DIR, "dev.tsv"),
-                          "--repeats", str(options.repeats), "--alpha", str(ALPHA),
-                          "--output_dir", os.path.join(root, "report")])
-    return [{"student": student, "seed": seed, **{k: entry.get(k) for k in (
-        "name", "format", "params", "size_bytes", "score", "distillation_metric", "distillation_metric_bytes",
-        "speedup", "speedup_by_batch")}, "teacher_score": report["teacher"]["score"]} for entry in report["students"]]
+def run_seed(seed: int, options: argparse.Namespace, job_flags: list[str]) -> dict:
+    """The main job with `seed` (skipped when its report exists); returns the report."""
+    root = os.path.join(options.output_root, f"seed{seed}")
+    report = os.path.join(root, "report", "report.json")
+    if not os.path.isfile(report):
+        subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--seed", str(seed), "--output_root", root,
+                        "--teacher_dir", os.path.join(options.output_root, "teacher"), "--reuse_teacher",
+                        "--cache_dir", os.path.join(options.output_root, "teacher_cache")], check=True)
+    with open(report, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(results: list[dict], options: argparse.Namespace) -> str:
-    from hfkd.report.render import markdown_table
-
-    cells = []
-    for student in dict.fromkeys(r["student"] for r in results):
-        for name in dict.fromkeys(r["name"] for r in results if r["student"] == student):
-            rows = [r for r in results if r["student"] == student and r["name"] == name]
-            score, std = mean_std([100 * r["score"] for r in rows])
-            dm, dm_bytes = (mean_std([r[k] for r in rows])[0] for k in ("distillation_metric", "distillation_metric_bytes"))
-            kept = statistics.mean(r["score"] / r["teacher_score"] for r in rows)
-            cells.append([student, name, f"{rows[0]['params'] / 1e6:.2f}M", f"{rows[0]['size_bytes'] / 1e6:.1f}",
-                          f"{score:.2f} ± {std:.2f} ({len(rows)})", f"{100 * kept:.1f}%", f"{dm:.3f}", f"{dm_bytes:.3f}",
-                          f"{rows[0]['speedup']:.2f}×"])
-    teacher = results[0]["teacher_score"]
-    header = (f"Teacher {options.teacher_dir}: {100 * teacher:.2f}% SST-2 dev. {options.train_samples:,} labelled "
-              f"sentences; seeds {options.seeds}. CPU: {cpu_name()}.")
-    return header + "\n\n" + markdown_table(
-        ["student", "run / artifact", "params", "MB", "dev accuracy % (seeds)", "kept of teacher",
-         f"DM (α={ALPHA}) by params", "DM by bytes", "batch-1 speed-up (seed 1)"], cells)
+def summarise(reports: dict[int, dict], options: argparse.Namespace, job_flags: list[str]) -> tuple[list[dict], str]:
+    """One row per artifact over the seeds (mean ± std), and its Markdown table."""
+    teacher = next(iter(reports.values()))["teacher"]
+    rows, cells = [], []
+    for name, label in ROWS.items():
+        entries = {seed: next(e for e in report["students"] if e["name"] == name) for seed, report in reports.items()}
+        scores = [100 * e["score"] for e in entries.values()]
+        score, std = mean_std(scores)
+        dm, dm_std = mean_std([e["distillation_metric"] for e in entries.values()])
+        dm_bytes, dm_bytes_std = mean_std([e["distillation_metric_bytes"] for e in entries.values()])
+        first = next(iter(entries.values()))
+        rows.append({"artifact": name, "scores": dict(zip(entries, scores)), "mean": score, "std": std,
+                     "kept_of_teacher": score / (100 * teacher["score"]), "dm": dm, "dm_std": dm_std,
+                     "dm_bytes": dm_bytes, "dm_bytes_std": dm_bytes_std, "params": first["params"],
+                     "size_bytes": first["size_bytes"], "speedup": first.get("speedup")})
+        speedup = first.get("speedup")
+        cells.append([label, f"{first['params'] / 1e6:.2f}", f"{first['size_bytes'] / 1e6:.2f}",
+                      f"{score:.2f} ± {std:.2f}", ", ".join(f"{s:.2f}" for s in scores),
+                      f"{100 * rows[-1]['kept_of_teacher']:.1f}%", f"{dm:.4f} ± {dm_std:.4f}",
+                      f"{dm_bytes:.4f} ± {dm_bytes_std:.4f}", "–" if speedup is None else f"{speedup:.2f}×"])
+    gain = [rows[0]["scores"][s] - rows[-1]["scores"][s] for s in reports]
+    int8_cost = [rows[1]["scores"][s] - rows[0]["scores"][s] for s in reports]
+    header = (f"Teacher {100 * teacher['score']:.2f}% ({teacher['params'] / 1e6:.2f}M parameters, "
+              f"{teacher['size_bytes'] / 1e6:.2f} MB); main job flags {job_flags or 'none'}; seeds {list(reports)}; "
+              f"CPU: {cpu_name()}.\nDistilled minus twin per seed: {', '.join(f'{g:+.2f}' for g in gain)} "
+              f"(mean {statistics.mean(gain):+.2f}); int8 ONNX minus its fp32 source per seed: "
+              f"{', '.join(f'{c:+.2f}' for c in int8_cost)} (mean {statistics.mean(int8_cost):+.2f}).")
+    table = markdown_table(["artifact", "params (M)", "MB", "dev accuracy % (mean ± std)", "per seed",
+                            "kept of teacher", "DM (α=0.5) by params", "DM by bytes", "batch-1 speed-up (first seed)"],
+                           cells)
+    return rows, header + "\n\n" + table
 
 
 def main() -> None:
-    options = parse()
-    if "distilled+transfer" in options.runs and options.transfer_samples < 1:
-        raise SystemExit("--runs distilled+transfer needs --transfer_samples N (N > 0).")
-    quiet_libraries()
-    ensure_teacher(options.teacher_dir, data_flags(SST2_DIR), train_samples=options.train_samples)
-    results = [row for student in options.students for seed in options.seeds for row in run_seed(student, seed, options)]
-    markdown = summarise(results, options)
+    options, job_flags = parse()
+    reports = {seed: run_seed(seed, options, job_flags) for seed in options.seeds}
+    rows, markdown = summarise(reports, options, job_flags)
     write_results(os.path.join(options.output_root, "compression.json"),
-                  {"settings": vars(options), "results": results}, markdown)
+                  {"settings": {**vars(options), "main_job_flags": job_flags}, "rows": rows}, markdown)
     print(markdown)
 
 
