@@ -6,7 +6,8 @@
 
 Labelled set: the 8,000 sentences `--max_train_samples 8000` gives the recipes (first 8,000 of the
 train split shuffled with subset_seed 42: the teacher's own training set). Transfer set: the rest of
-the train split (~59k) with its labels dropped, or a seeded `--transfer_samples` of it. Students:
+the train split (~59k) with its labels dropped, or a seeded `--transfer_samples` of it (with a teacher
+fine-tuned on more rows, `--teacher_rows N`, only rows it never saw labelled). Students:
 `tiny` (recipes/configs/sst2_minilm_tiny.yaml: 3 × 192, random init) and `l3` (sst2_minilm_l3.yaml:
 teacher layers 0, 2, 4), or any `name=config.yaml`. Rows:
 
@@ -66,6 +67,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--labelled_samples", type=int, default=8000)
     parser.add_argument("--transfer_samples", type=int, default=None, help="Default: the whole rest of train.")
+    parser.add_argument("--teacher_rows", type=int, default=None,
+                        help="Rows the teacher was fine-tuned on (the first N of the same shuffle: `hfkd finetune "
+                             "--max_train_samples N`) when it saw more than the labelled set: the transfer set is "
+                             "then drawn from the rows after them, which the teacher never saw labelled.")
     parser.add_argument("--epochs", type=float, default=None, help="Default: each config's num_train_epochs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Default: all 872 dev sentences.")
     parser.add_argument("--augment_mlm", default=None)
@@ -96,7 +101,8 @@ def load_data(options: argparse.Namespace, tokenizer: Any) -> dict[str, datasets
     raw = load_raw_datasets(data_args)
     shuffled = raw["train"].shuffle(seed=data_args.subset_seed)  # the order behind --max_train_samples
     labelled = shuffled.select(range(options.labelled_samples))
-    rest = shuffled.select(range(options.labelled_samples, len(shuffled))).remove_columns("label")
+    first_unseen = max(options.labelled_samples, options.teacher_rows or 0)
+    rest = shuffled.select(range(first_unseen, len(shuffled))).remove_columns("label")
     if options.transfer_samples is not None:
         rest = rest.shuffle(seed=0).select(range(min(options.transfer_samples, len(rest))))
     splits = datasets.DatasetDict(train=labelled, validation=raw["validation"])
