@@ -73,8 +73,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--reuse_teacher", action="store_true",
                         help="Skip fine-tuning when the teacher folder already holds a finished teacher.")
     parser.add_argument("--teacher_dir", default=None,
-                        help="The teacher's folder (default: output_root/teacher); several runs can share one with "
-                             "--reuse_teacher.")
+                        help="The teacher's folder (default: output_root/teacher). A teacher `hfkd finetune` finished "
+                             "there is used as it is (several runs can share one); a new or empty folder gets one.")
     parser.add_argument("--cache_dir", default=None,
                         help="The teacher cache's folder (default: output_root/teacher_cache); a complete cache of "
                              "the same teacher, rows and settings is reused as it is.")
@@ -110,10 +110,17 @@ def main() -> None:
     subset = "the whole train split" if options.full else f"a seeded subsample of {options.train_samples:,} train rows"
     print(f"hfkd main job: {task}, training on {subset}; evaluation on the whole dev split.", flush=True)
 
-    if not (options.reuse_teacher and os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))):
+    finished = os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))
+    if options.teacher_dir and not finished and os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
+        raise SystemExit(f"--teacher_dir {teacher_dir} holds no finished teacher (no eval_results.json): give a "
+                         "folder `hfkd finetune` finished, or a new one to fine-tune the teacher into.")
+    if finished and (options.reuse_teacher or options.teacher_dir):
+        print(f"[1/7] the teacher: {teacher_dir}, fine-tuned before", flush=True)
+    else:
         print("[1/7] fine-tuning the teacher", flush=True)
-        run_recipe(run_finetune, ["--config", options.teacher_config,
-                                  "--output_dir", teacher_dir, "--overwrite_output_dir", *data],
+        # Only the job's own folder is refitted in place; a --teacher_dir is new or empty here.
+        overwrite = [] if options.teacher_dir else ["--overwrite_output_dir"]
+        run_recipe(run_finetune, ["--config", options.teacher_config, "--output_dir", teacher_dir, *overwrite, *data],
                    config_class=TrainingArguments)
     student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
                "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else [])]

@@ -42,7 +42,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--output_root", default="outputs/compression")
     options, job_flags = parser.parse_known_args()
-    taken = {"--output_root", "--seed", "--teacher_dir", "--cache_dir", "--reuse_teacher", "--skip_report"}
+    taken = {"--output_root", "--seed", "--teacher_dir", "--cache_dir", "--skip_report"}
     clash = sorted(taken & {flag.partition("=")[0] for flag in job_flags})
     if clash:
         parser.error(f"{', '.join(clash)} are set per seed by this script: leave them out.")
@@ -55,7 +55,7 @@ def run_seed(seed: int, options: argparse.Namespace, job_flags: list[str]) -> di
     report = os.path.join(root, "report", "report.json")
     if not os.path.isfile(report):
         subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--seed", str(seed), "--output_root", root,
-                        "--teacher_dir", os.path.join(options.output_root, "teacher"), "--reuse_teacher",
+                        "--teacher_dir", os.path.join(options.output_root, "teacher"),
                         "--cache_dir", os.path.join(options.output_root, "teacher_cache")], check=True)
     with open(report, encoding="utf-8") as handle:
         return json.load(handle)
