@@ -65,7 +65,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(reports: dict[int, dict], options: argparse.Namespace, job_flags: list[str]) -> tuple[list[dict], str]:
+def summarise(reports: dict[int, dict], job_flags: list[str]) -> tuple[list[dict], str]:
     """One row per artifact over the seeds (mean ± std), and its Markdown table."""
     teacher = next(iter(reports.values()))["teacher"]
     rows, cells = [], []
@@ -76,14 +76,14 @@ def summarise(reports: dict[int, dict], options: argparse.Namespace, job_flags: 
         dm, dm_std = mean_std([e["distillation_metric"] for e in entries.values()])
         dm_bytes, dm_bytes_std = mean_std([e["distillation_metric_bytes"] for e in entries.values()])
         first = next(iter(entries.values()))
+        speedup, kept = first.get("speedup"), score / (100 * teacher["score"])
         rows.append({"artifact": name, "scores": dict(zip(entries, scores)), "mean": score, "std": std,
-                     "kept_of_teacher": score / (100 * teacher["score"]), "dm": dm, "dm_std": dm_std,
-                     "dm_bytes": dm_bytes, "dm_bytes_std": dm_bytes_std, "params": first["params"],
-                     "size_bytes": first["size_bytes"], "speedup": first.get("speedup")})
-        speedup = first.get("speedup")
+                     "kept_of_teacher": kept, "dm": dm, "dm_std": dm_std, "dm_bytes": dm_bytes,
+                     "dm_bytes_std": dm_bytes_std, "params": first["params"], "size_bytes": first["size_bytes"],
+                     "speedup": speedup})
         cells.append([label, f"{first['params'] / 1e6:.2f}", f"{first['size_bytes'] / 1e6:.2f}",
                       f"{score:.2f} ± {std:.2f}", ", ".join(f"{s:.2f}" for s in scores),
-                      f"{100 * rows[-1]['kept_of_teacher']:.1f}%", f"{dm:.4f} ± {dm_std:.4f}",
+                      f"{100 * kept:.1f}%", f"{dm:.4f} ± {dm_std:.4f}",
                       f"{dm_bytes:.4f} ± {dm_bytes_std:.4f}", "–" if speedup is None else f"{speedup:.2f}×"])
     gain = [rows[0]["scores"][s] - rows[-1]["scores"][s] for s in reports]
     int8_cost = [rows[1]["scores"][s] - rows[0]["scores"][s] for s in reports]
@@ -101,7 +101,7 @@ def summarise(reports: dict[int, dict], options: argparse.Namespace, job_flags: 
 def main() -> None:
     options, job_flags = parse()
     reports = {seed: run_seed(seed, options, job_flags) for seed in options.seeds}
-    rows, markdown = summarise(reports, options, job_flags)
+    rows, markdown = summarise(reports, job_flags)
     write_results(os.path.join(options.output_root, "compression.json"),
                   {"settings": {**vars(options), "main_job_flags": job_flags}, "rows": rows}, markdown)
     print(markdown)
