@@ -4,6 +4,10 @@ to int8 ONNX, and report all of them measured as they would be deployed.
 
     python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 labelled sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
+    python recipes/sst2_main_job.py --full --length_bucketing false --num_train_epochs 2   # longer students
+
+Any flag this script does not define goes to both students' runs (and to the teacher cache, which
+reads the same settings): an `hfkd distill` option overriding the student config, as above.
 
 Another task is configuration only: a folder with GLUE-style train.tsv / dev.tsv and the two configs
 naming its columns (MRPC, sentence pairs, is in recipes/configs):
@@ -55,7 +59,7 @@ STUDENT_CONFIG = os.path.join(CONFIGS, "sst2_minilm_pruned_kd.yaml")
 QAT_START = 0.8
 
 
-def parse() -> argparse.Namespace:
+def parse() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="Label the whole train split (no transfer set).")
     parser.add_argument("--train_samples", type=int, default=8000, help="Labelled training rows when not --full.")
@@ -81,7 +85,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None,
                         help="Seed of the two students' runs (pruning sample, head, batch order; default: the "
                              "student config's). The teacher keeps its config's seed.")
-    return parser.parse_args()
+    options, student_flags = parser.parse_known_args()
+    stray = [flag for flag in student_flags[:1] if not flag.startswith("--")]
+    if stray:
+        parser.error(f"unexpected argument {stray[0]!r}: flags for the students' runs are --name value pairs.")
+    return options, student_flags
 
 
 def twin_flags(student_dir: str) -> list[str]:
@@ -93,7 +101,7 @@ def twin_flags(student_dir: str) -> list[str]:
 
 
 def main() -> None:
-    options = parse()
+    options, student_flags = parse()
     data = ["--train_file", os.path.join(options.data_dir, "train.tsv"),
             "--validation_file", os.path.join(options.data_dir, "dev.tsv")]
     if not options.full:
@@ -123,7 +131,8 @@ def main() -> None:
         run_recipe(run_finetune, ["--config", options.teacher_config, "--output_dir", teacher_dir, *overwrite, *data],
                    config_class=TrainingArguments)
     student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
-               "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else [])]
+               "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else []),
+               *student_flags]
     # The transfer set: the whole train split without labels; the labelled rows among it are dropped.
     transfer = [] if options.full else ["--unlabeled_file", data[1]] + (
         ["--max_unlabeled_samples", str(options.transfer_samples)] if options.transfer_samples else [])

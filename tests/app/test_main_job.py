@@ -1,4 +1,4 @@
-"""The main job (recipes/sst2_main_job.py) never fine-tunes over a folder it was only asked to read."""
+"""The main job (recipes/sst2_main_job.py): what it refuses before compute, and what it passes to the students."""
 
 from __future__ import annotations
 
@@ -23,3 +23,42 @@ def test_teacher_dir_without_a_finished_teacher_is_refused_before_compute(tmp_pa
     assert (teacher / "model.safetensors").read_bytes() == b"the user's weights"
     assert sorted(p.name for p in teacher.iterdir()) == ["model.safetensors"]
     assert not output_root.exists()
+
+
+def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_path, monkeypatch):
+    import json
+
+    import hfkd.app.export_cli
+    import hfkd.app.recipes
+    import hfkd.app.report_cli
+    import hfkd.app.trim_vocab
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "eval_results.json").write_text("{}")
+    runs = []
+
+    def fake_recipe(run, argv, **_):
+        runs.append((run.__name__, list(argv)))
+        if "--output_dir" in argv:  # a student: the twin reads its step count
+            folder = tmp_path / argv[argv.index("--output_dir") + 1]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hfkd.app.recipes, "main", fake_recipe)
+    monkeypatch.setattr(hfkd.app.report_cli, "summarize", lambda *a, **k: {"markdown": ""})
+    monkeypatch.setattr(hfkd.app.trim_vocab, "main", lambda argv: None)
+    monkeypatch.setattr(hfkd.app.export_cli, "export_main", lambda argv: None)
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--teacher_dir", str(teacher), "--output_root", "job", "--skip_report",
+                                      "--length_bucketing", "false", "--num_train_epochs", "2"])
+    runpy.run_path(MAIN_JOB, run_name="__main__")
+
+    assert [name for name, _ in runs] == ["run_cache_teacher", "run_distillation", "run_distillation"]
+    for _, argv in runs:
+        assert argv[argv.index("--length_bucketing") + 1] == "false"
+        assert argv[argv.index("--num_train_epochs") + 1] == "2"
+    twin = runs[-1][1]
+    # The twin's own settings come after the forwarded ones, so argparse keeps them.
+    assert twin.index("--max_steps") > twin.index("--num_train_epochs")
+    assert twin[twin.index("--max_steps") + 1] == "7" and twin[twin.index("--alpha_kd") + 1] == "0"
