@@ -60,7 +60,9 @@ QAT_START = 0.8
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: a flag for the students reaches them whole, never read as a shortened flag of this script.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--full", action="store_true", help="Label the whole train split (no transfer set).")
     parser.add_argument("--train_samples", type=int, default=8000, help="Labelled training rows when not --full.")
     parser.add_argument("--transfer_samples", type=int, default=None,
