@@ -5,6 +5,7 @@ to int8 ONNX, and report all of them measured as they would be deployed.
     python recipes/sst2_main_job.py            # ~10 min on 2 CPU cores: 8,000 labelled sentences
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
     python recipes/sst2_main_job.py --full --length_bucketing false --num_train_epochs 2   # longer students
+    python recipes/sst2_main_job.py --full --augment_mlm outputs/augment_mlm   # + copies only the teacher labels
 
 Any flag this script does not define goes to both students' runs (and to the teacher cache, which
 reads the same settings): an `hfkd distill` option overriding the student config, as above.
@@ -20,7 +21,8 @@ recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
 
 1. `hfkd finetune`: the teacher, on the labelled sentences.
 2. `hfkd cache-teacher`: the teacher labels, once, the labelled sentences and a transfer set: the
-   rest of the training split given without its labels (a user's pile of unlabeled in-domain text).
+   rest of the training split given without its labels (a user's pile of unlabeled in-domain text),
+   and with --augment_mlm TinyBERT-style copies of the labelled rows, also without labels.
 3. `hfkd distill` from that cache: the teacher pruned to 4 layers x 192 by activation importance
    (Minitron), then 0.2 CE on the labelled rows + 1.0 KD (T = 2) on every row. This is where
    distillation earns its keep: a few thousand labels and a larger pile of unlabeled text. Its last
@@ -42,15 +44,18 @@ import argparse
 import json
 import os
 
-from transformers import TrainingArguments
+from transformers import AutoConfig, TrainingArguments
 
-from hfkd.app.arguments import load_yaml_config
+from hfkd.app.arguments import load_yaml_config, one_line_errors, parse_args
 from hfkd.app.export_cli import export_main
-from hfkd.app.recipes import finish_process, run_cache_teacher, run_distillation, run_finetune
+from hfkd.app.recipes import ModelArguments, finish_process, run_cache_teacher, run_distillation, run_finetune
 from hfkd.app.recipes import main as run_recipe
 from hfkd.app.report_cli import main as report_main
 from hfkd.app.report_cli import summarize
+from hfkd.app.task_data import DataArguments
 from hfkd.app.trim_vocab import main as trim_main
+from hfkd.config import DistillationConfig
+from hfkd.models import resolve_model_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -68,6 +73,12 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--transfer_samples", type=int, default=None,
                         help="Cap on the training rows the distilled student also sees without their labels "
                              "(default: all the others; not --full).")
+    parser.add_argument("--augment_mlm", default=None,
+                        help="A masked LM (e.g. `hfkd finetune --task masked_lm` on the training text): the distilled "
+                             "student also trains on copies of the labelled rows with words swapped for its guesses "
+                             "(TinyBERT), labelled by the teacher alone; the twin, having no teacher, does not.")
+    parser.add_argument("--augment_copies", type=int, default=1,
+                        help="Augmented copies of each labelled row, with --augment_mlm (default 1).")
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
                         help="Folder with train.tsv and dev.tsv (GLUE format; SST-2 by default).")
     parser.add_argument("--teacher_config", default=TEACHER_CONFIG,
@@ -88,10 +99,24 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
                         help="Seed of the two students' runs (pruning sample, head, batch order; default: the "
                              "student config's). The teacher keeps its config's seed.")
     options, student_flags = parser.parse_known_args()
+    if options.augment_copies < 1:
+        parser.error(f"--augment_copies {options.augment_copies}: give 1 or more (leave out --augment_mlm for none).")
     stray = [flag for flag in student_flags[:1] if not flag.startswith("--")]
     if stray:
         parser.error(f"unexpected argument {stray[0]!r}: flags for the students' runs are --name value pairs.")
     return options, student_flags
+
+
+def check_masked_lm(name_or_path: str) -> None:
+    """`--augment_mlm` names a masked LM that loads: a local folder, or a Hub name within reach."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    except OSError:
+        raise SystemExit(f"--augment_mlm {name_or_path}: no such folder, and no Hub checkpoint within reach: give the "
+                         "folder of a masked LM (`hfkd finetune --task masked_lm ... --output_dir DIR`).") from None
+    if not any(name.endswith("ForMaskedLM") for name in config.architectures or []):
+        raise SystemExit(f"--augment_mlm {name_or_path}: a {', '.join(config.architectures or ['base model'])}, "
+                         "not a masked LM: give one with its masked-LM head (`hfkd finetune --task masked_lm`).")
 
 
 def twin_flags(student_dir: str) -> list[str]:
@@ -120,6 +145,23 @@ def main() -> None:
     subset = "the whole train split" if options.full else f"a seeded subsample of {options.train_samples:,} train rows"
     print(f"hfkd main job: {task}, training on {subset}; evaluation on the whole dev split.", flush=True)
 
+    student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
+               "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else []),
+               *student_flags]
+    # The transfer set: the whole train split without labels; the labelled rows among it are dropped.
+    transfer = [] if options.full else ["--unlabeled_file", data[1]] + (
+        ["--max_unlabeled_samples", str(options.transfer_samples)] if options.transfer_samples else [])
+    if options.augment_mlm:  # copies without labels: only the teacher labels them
+        transfer += ["--augment_mlm", options.augment_mlm, "--augment_copies", str(options.augment_copies),
+                     "--augment_unlabeled", "true"]
+    cached = ["--teacher_cache_dir", options.cache_dir or os.path.join(options.output_root, "teacher_cache")]
+    # Checked before any compute: a mistyped flag would otherwise stop the job only after the teacher's fine-tuning.
+    with one_line_errors(debug=False):
+        parse_args([ModelArguments, DataArguments, DistillationConfig],
+                   [*student, *transfer, *cached, "--qat_start", str(QAT_START), "--output_dir", student_dir])
+        if options.augment_mlm:
+            check_masked_lm(options.augment_mlm)
+
     finished = os.path.isfile(os.path.join(teacher_dir, "eval_results.json"))
     if options.teacher_dir and not finished and os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
         raise SystemExit(f"--teacher_dir {teacher_dir} holds no finished teacher (no eval_results.json): give a "
@@ -132,15 +174,10 @@ def main() -> None:
         overwrite = [] if options.teacher_dir else ["--overwrite_output_dir"]
         run_recipe(run_finetune, ["--config", options.teacher_config, "--output_dir", teacher_dir, *overwrite, *data],
                    config_class=TrainingArguments)
-    student = ["--config", options.student_config, "--teacher_model_name_or_path", teacher_dir,
-               "--overwrite_output_dir", *data, *(["--seed", str(options.seed)] if options.seed is not None else []),
-               *student_flags]
-    # The transfer set: the whole train split without labels; the labelled rows among it are dropped.
-    transfer = [] if options.full else ["--unlabeled_file", data[1]] + (
-        ["--max_unlabeled_samples", str(options.transfer_samples)] if options.transfer_samples else [])
-    cached = ["--teacher_cache_dir", options.cache_dir or os.path.join(options.output_root, "teacher_cache")]
     print("[2/7] the teacher labels the labelled rows" + ("" if options.full else
-          " and the transfer set (the other training rows, their labels dropped)") + ", once", flush=True)
+          " and the transfer set (the other training rows, their labels dropped)") +
+          (f" and {options.augment_copies} augmented cop{'y' if options.augment_copies == 1 else 'ies'} of each "
+           "labelled row" if options.augment_mlm else "") + ", once", flush=True)
     run_recipe(run_cache_teacher, [*student, *transfer, *cached])
     print(f"[3/7] distilling a compact student from that cache: the teacher pruned to {shape}, then "
           "CE on the labelled rows + soft labels on every row; the last fifth of the steps int8-aware", flush=True)

@@ -131,6 +131,12 @@ class DataArguments:
     augment_prob: float = option(0.4, "Probability that an augmented copy replaces a given word (TinyBERT: 0.4).")
     augment_top_k: int = option(15, "Replacements are drawn from the MLM's top-k guesses (TinyBERT: 15).")
     augment_seed: int = option(42, "Seed of the augmentation draws.")
+    augment_unlabeled: bool = option(
+        False,
+        "The augmented copies carry no label (-100, as transfer-set rows): the teacher alone labels them "
+        "(KD) and CE learns from the original rows only, as in TinyBERT. Default: a copy keeps its "
+        "original's label (a word swap can change a sentence's meaning).",
+    )
     unlabeled_file: Optional[str] = option(
         None,
         "Transfer set (sequence classification): a file of in-domain texts without labels, same text "
@@ -181,6 +187,9 @@ class DataArguments:
             raise DataError("augment_copies > 0 needs augment_mlm: the path of a masked LM with a trained head")
         if self.augment_copies:
             self.augmentation_settings()  # validates prob and top_k
+        elif self.augment_unlabeled:
+            raise DataError("augment_unlabeled is set but augment_copies is 0: give augment_copies (and augment_mlm), "
+                            "or drop augment_unlabeled")
         from hfkd.transfer.unlabeled import check_min_confidence, check_ratio
 
         check_ratio(self.unlabeled_ratio)
@@ -258,6 +267,8 @@ def prepare_classification_datasets(
     `DataCollatorWithPadding` (see `build_data_collator`).
     """
     from hfkd.app.transfer_data import add_transfer_set, load_unlabeled, split_off_unlabeled_rows
+    from hfkd.objective.items import UNLABELED
+    from hfkd.transfer.augment import AUGMENTED_COLUMN
 
     raw, unlabeled_train_rows = split_off_unlabeled_rows(raw, args)
     columns = _reference_split(raw).column_names
@@ -280,6 +291,9 @@ def prepare_classification_datasets(
         encoded = tokenizer(batch[text_column], pairs, truncation=True, max_length=args.max_seq_length)
         if args.label_column in batch:
             encoded["labels"] = [encode(value) for value in batch[args.label_column]]
+            if args.augment_unlabeled and AUGMENTED_COLUMN in batch:
+                encoded["labels"] = [UNLABELED if copy else label
+                                     for label, copy in zip(encoded["labels"], batch[AUGMENTED_COLUMN])]
         return encoded
 
     processed = datasets.DatasetDict()

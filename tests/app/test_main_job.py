@@ -25,7 +25,27 @@ def test_teacher_dir_without_a_finished_teacher_is_refused_before_compute(tmp_pa
     assert not output_root.exists()
 
 
-def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_path, monkeypatch):
+def test_a_mistyped_student_flag_or_a_missing_mlm_is_refused_before_the_teacher_is_fine_tuned(tmp_path, monkeypatch,
+                                                                                               capsys):
+    import hfkd.app.recipes
+
+    monkeypatch.setattr(hfkd.app.recipes, "main", lambda *a, **k: pytest.fail("compute started"))
+    root = tmp_path / "job"
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--output_root", str(root), "--lenght_bucketing", "false"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(MAIN_JOB, run_name="__main__")
+    assert "unrecognised arguments ['--lenght_bucketing', 'false']" in capsys.readouterr().err
+    classifier = tmp_path / "classifier"
+    classifier.mkdir()
+    (classifier / "config.json").write_text('{"model_type": "bert", "architectures": ["BertForSequenceClassification"]}')
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--output_root", str(root), "--augment_mlm", str(classifier)])
+    with pytest.raises(SystemExit, match="not a masked LM"):
+        runpy.run_path(MAIN_JOB, run_name="__main__")
+    assert not root.exists()
+
+
+def fake_main_job(tmp_path, monkeypatch, *flags: str) -> list[tuple[str, list[str]]]:
+    """Run the main job with every step replaced by a recorder; return the recipe runs (name, argv) in order."""
     import json
 
     import hfkd.app.export_cli
@@ -51,9 +71,13 @@ def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_pat
     monkeypatch.setattr(hfkd.app.trim_vocab, "main", lambda argv: None)
     monkeypatch.setattr(hfkd.app.export_cli, "export_main", lambda argv: None)
     monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--teacher_dir", str(teacher), "--output_root", "job", "--skip_report",
-                                      "--length_bucketing", "false", "--num_train_epochs", "2"])
+                                      *flags])
     runpy.run_path(MAIN_JOB, run_name="__main__")
+    return runs
 
+
+def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_path, monkeypatch):
+    runs = fake_main_job(tmp_path, monkeypatch, "--length_bucketing", "false", "--num_train_epochs", "2")
     assert [name for name, _ in runs] == ["run_cache_teacher", "run_distillation", "run_distillation"]
     for _, argv in runs:
         assert argv[argv.index("--length_bucketing") + 1] == "false"
@@ -62,3 +86,17 @@ def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_pat
     # The twin's own settings come after the forwarded ones, so argparse keeps them.
     assert twin.index("--max_steps") > twin.index("--num_train_epochs")
     assert twin[twin.index("--max_steps") + 1] == "7" and twin[twin.index("--alpha_kd") + 1] == "0"
+
+
+def test_augmented_copies_go_unlabeled_to_the_cache_and_the_distilled_student_not_the_twin(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertForMaskedLM
+
+    mlm = tmp_path / "mlm"
+    BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16)).save_pretrained(mlm)
+    runs = fake_main_job(tmp_path, monkeypatch, "--full", "--augment_mlm", str(mlm), "--augment_copies", "2")
+    cache, distilled, twin = (argv for _, argv in runs)
+    for argv in (cache, distilled):
+        assert argv[argv.index("--augment_mlm") + 1] == str(mlm) and argv[argv.index("--augment_copies") + 1] == "2"
+        assert argv[argv.index("--augment_unlabeled") + 1] == "true"
+    assert not any(flag.startswith("--augment") for flag in twin)

@@ -108,6 +108,25 @@ def test_checkpoint_without_mlm_head_and_bad_settings_are_refused(mlm_dir, tmp_p
         DataArguments(train_file="x.csv", augment_copies=2)
     with pytest.raises(DataError, match="augment_prob"):
         DataArguments(train_file="x.csv", augment_copies=2, augment_mlm="m", augment_prob=0.0)
+    with pytest.raises(DataError, match="augment_unlabeled is set but augment_copies is 0"):
+        DataArguments(train_file="x.csv", augment_unlabeled=True)
+
+
+@pytest.mark.parametrize("unlabeled", [False, True])
+def test_copies_keep_their_label_or_go_unlabeled_for_the_teacher_alone(mlm_dir, unlabeled):
+    from hfkd.app.task_data import prepare_classification_datasets
+    from hfkd.objective.items import UNLABELED
+
+    data = sentences()
+    args = DataArguments(train_file="x.csv", augment_copies=2, augment_mlm=str(mlm_dir), augment_unlabeled=unlabeled)
+    processed, _ = prepare_classification_datasets(datasets.DatasetDict(train=data), load_masked_lm(str(mlm_dir))[1],
+                                                   args)
+    labels = processed["train"]["labels"]
+    assert len(labels) == 3 * len(data)
+    # Rows come as each original followed by its two copies.
+    assert labels[::3] == data["label"]
+    copies = [label for i, label in enumerate(labels) if i % 3]
+    assert copies == ([UNLABELED] * 2 * len(data) if unlabeled else [label for label in data["label"] for _ in "ab"])
 
 
 @needs_example_checkpoint
