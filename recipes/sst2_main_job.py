@@ -56,6 +56,7 @@ from hfkd.app.task_data import DataArguments
 from hfkd.app.trim_vocab import main as trim_main
 from hfkd.config import DistillationConfig
 from hfkd.models import resolve_model_path
+from hfkd.objective.terms import TERMS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -119,12 +120,19 @@ def check_masked_lm(name_or_path: str) -> None:
                          "not a masked LM: give one with its masked-LM head (`hfkd finetune --task masked_lm`).")
 
 
+def teacher_free() -> list[str]:
+    """Labels only: CE at weight 1 and every built-in term that compares with the teacher (soft logits,
+    hidden states, attention maps, relations) at 0, whatever the config or the forwarded flags gave."""
+    teacher_terms = [term for term in TERMS.values() if term.builtin and term.needs_teacher]
+    return [arg for term in teacher_terms for arg in (f"--{term.weight_key}", "0")] + ["--alpha_ce", "1"]
+
+
 def twin_flags(student_dir: str) -> list[str]:
     """Labels only, for as many optimizer steps as the distilled run took (its epoch also covers the
     transfer set)."""
     with open(os.path.join(student_dir, "trainer_state.json"), encoding="utf-8") as handle:
         steps = json.load(handle)["global_step"]
-    return ["--alpha_kd", "0", "--alpha_ce", "1", "--max_steps", str(steps)]
+    return [*teacher_free(), "--max_steps", str(steps)]
 
 
 def main() -> None:
@@ -159,6 +167,11 @@ def main() -> None:
     with one_line_errors(debug=False):
         parse_args([ModelArguments, DataArguments, DistillationConfig],
                    [*student, *transfer, *cached, "--qat_start", str(QAT_START), "--output_dir", student_dir])
+        _, _, twin = parse_args([ModelArguments, DataArguments, DistillationConfig],
+                                [*student, *teacher_free(), "--output_dir", twin_dir])
+        if twin.needs_teacher:  # stages weigh terms per stage, over the flags above
+            raise SystemExit(f"--student_config {options.student_config}: its stages weigh teacher terms, so the "
+                             "no-teacher twin would still use the teacher: give a student config without stages.")
         if options.augment_mlm:
             check_masked_lm(options.augment_mlm)
 

@@ -88,6 +88,30 @@ def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_pat
     assert twin[twin.index("--max_steps") + 1] == "7" and twin[twin.index("--alpha_kd") + 1] == "0"
 
 
+def test_the_twin_drops_every_teacher_term_the_students_flags_add(tmp_path, monkeypatch):
+    from hfkd.app.arguments import parse_args
+    from hfkd.app.recipes import ModelArguments
+    from hfkd.app.task_data import DataArguments
+    from hfkd.config import DistillationConfig
+
+    runs = fake_main_job(tmp_path, monkeypatch, "--alpha_hidden", "1", "--layer_mapping", "skip")
+    distilled, twin = runs[1][1], runs[2][1]
+    assert distilled[distilled.index("--alpha_hidden") + 1] == "1"
+    *_, twin_config = parse_args([ModelArguments, DataArguments, DistillationConfig], twin)
+    assert not twin_config.needs_teacher and twin_config.alpha_ce == 1 and twin_config.max_steps == 7
+
+
+def test_a_student_config_whose_stages_use_the_teacher_is_refused_before_compute(tmp_path, monkeypatch):
+    import hfkd.app.recipes
+
+    monkeypatch.setattr(hfkd.app.recipes, "main", lambda *a, **k: pytest.fail("compute started"))
+    staged = REPO_ROOT / "recipes" / "configs" / "sst2_minilm_pruned.yaml"  # TinyBERT's two stages
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--output_root", str(tmp_path / "job"), "--student_config", str(staged)])
+    with pytest.raises(SystemExit, match="the no-teacher twin would still use the teacher"):
+        runpy.run_path(MAIN_JOB, run_name="__main__")
+    assert not (tmp_path / "job").exists()
+
+
 def test_augmented_copies_go_unlabeled_to_the_cache_and_the_distilled_student_not_the_twin(tmp_path, monkeypatch):
     from transformers import BertConfig, BertForMaskedLM
 
