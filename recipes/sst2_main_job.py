@@ -16,6 +16,12 @@ naming its columns (MRPC, sentence pairs, is in recipes/configs):
     python recipes/sst2_main_job.py --full --data_dir ../shared/data/mrpc --output_root outputs/mrpc \
         --teacher_config recipes/configs/mrpc_teacher.yaml --student_config recipes/configs/mrpc_minilm_pruned_kd.yaml
 
+and files in another format are named by --train_file / --validation_file (TREC's six question classes):
+
+    python recipes/sst2_main_job.py --full --train_file ../shared/data/trec/train_5500.label \
+        --validation_file ../shared/data/trec/TREC_10.label --output_root outputs/trec \
+        --teacher_config recipes/configs/trec_teacher.yaml --student_config recipes/configs/trec_minilm_pruned_kd.yaml
+
 Each step is the plain recipe or command with its YAML config (recipes/configs/sst2_teacher.yaml,
 recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
 
@@ -82,6 +88,10 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
                         help="Augmented copies of each labelled row, with --augment_mlm (default 1).")
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
                         help="Folder with train.tsv and dev.tsv (GLUE format; SST-2 by default).")
+    parser.add_argument("--train_file", default=None,
+                        help="The training file, when it is not data_dir/train.tsv (any format `hfkd distill` reads).")
+    parser.add_argument("--validation_file", default=None,
+                        help="The evaluation file, when it is not data_dir/dev.tsv.")
     parser.add_argument("--teacher_config", default=TEACHER_CONFIG,
                         help="The teacher's fine-tuning config (hfkd finetune): model, columns, schedule.")
     parser.add_argument("--student_config", default=STUDENT_CONFIG,
@@ -137,8 +147,9 @@ def twin_flags(student_dir: str) -> list[str]:
 
 def main() -> None:
     options, student_flags = parse()
-    data = ["--train_file", os.path.join(options.data_dir, "train.tsv"),
-            "--validation_file", os.path.join(options.data_dir, "dev.tsv")]
+    train_file = options.train_file or os.path.join(options.data_dir, "train.tsv")
+    data = ["--train_file", train_file,
+            "--validation_file", options.validation_file or os.path.join(options.data_dir, "dev.tsv")]
     if not options.full:
         data += ["--max_train_samples", str(options.train_samples)]
     teacher_dir = options.teacher_dir or os.path.join(options.output_root, "teacher")
@@ -147,7 +158,7 @@ def main() -> None:
     onnx_dir = os.path.join(options.output_root, "student_pruned_onnx_int8")
     trimmed_dir = os.path.join(options.output_root, "student_pruned_trimmed")
     trimmed_onnx_dir = os.path.join(options.output_root, "student_pruned_trimmed_onnx_int8")
-    task = os.path.basename(os.path.normpath(options.data_dir)).upper()
+    task = os.path.basename(os.path.dirname(os.path.abspath(train_file))).upper()
     shape = load_yaml_config(options.student_config)
     shape = f"{shape.get('student_num_layers', '?')} layers x {shape.get('student_hidden_size', '?')}"
     subset = "the whole train split" if options.full else f"a seeded subsample of {options.train_samples:,} train rows"

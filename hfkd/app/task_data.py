@@ -37,7 +37,8 @@ IGNORE_INDEX = -100
 
 SPLITS = ("train", "validation", "test")
 
-# Extension -> `datasets` builder. TSV is the GLUE dialect (see _builder_kwargs); .raw is WikiText's raw text.
+# Extension -> `datasets` builder. TSV is the GLUE dialect (see _builder_kwargs); .raw is WikiText's raw text;
+# .label is TREC's question-classification format, read by _load_trec.
 _BUILDERS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -46,6 +47,7 @@ _BUILDERS = {
     ".parquet": "parquet",
     ".txt": "text",
     ".raw": "text",
+    ".label": "trec",
 }
 # File stems that a folder given as dataset_name may use for each split.
 _SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val"), "test": ("test",)}
@@ -74,12 +76,13 @@ class DataArguments:
     dataset_name: Optional[str] = option(
         None,
         "Hub dataset name (e.g. 'glue'), or a local folder holding train/dev/validation/test "
-        "files (.csv, .tsv, .json, .jsonl, .parquet, .txt).",
+        "files (.csv, .tsv, .json, .jsonl, .parquet, .txt, .label).",
     )
     dataset_config_name: Optional[str] = option(None, "Hub dataset configuration, e.g. 'sst2' for 'glue'.")
     train_file: Optional[str] = option(
         None,
-        "Training file: .csv, .tsv (GLUE dialect), .json/.jsonl, .parquet or .txt.",
+        "Training file: .csv, .tsv (GLUE dialect), .json/.jsonl, .parquet, .txt or .label (TREC: columns text, "
+        "coarse_label, fine_label).",
     )
     validation_file: Optional[str] = option(None, "Evaluation file, same formats.")
     test_file: Optional[str] = option(None, "Test file, same formats; labels optional.")
@@ -547,11 +550,33 @@ def _load_file(path: str | Path, split: str) -> datasets.Dataset:
         )
     if not _has_rows(file, builder):
         raise DataError(f"the {split} file {file} has no rows: point it at a file with examples")
+    if builder == "trec":
+        return _load_trec(file)
     dataset = datasets.load_dataset(
         builder, data_files={split: str(file)}, split=split, **_builder_kwargs(file.suffix.lower())
     )
     bom_named = {name: name.lstrip("\ufeff") for name in dataset.column_names if name.startswith("\ufeff")}
     return dataset.rename_columns(bom_named) if bom_named else dataset
+
+
+def _load_trec(file: Path) -> datasets.Dataset:
+    """TREC's `COARSE:fine question` lines (train_5500.label, TREC_10.label) with the columns of the Hub's
+    `CogComp/trec`: `text`, `coarse_label` (ABBR, DESC, ...) and `fine_label` (written whole, `DESC:manner`,
+    since fine names such as `other` recur under several coarse classes)."""
+    rows: dict[str, list[str]] = {"text": [], "coarse_label": [], "fine_label": []}
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            label, _, text = line.strip().partition(" ")
+            coarse, colon, fine = label.partition(":")
+            if not (colon and coarse.isupper() and fine and text.strip()):
+                raise DataError(f"{file} line {number} is not TREC's 'COARSE:fine question' ({line.strip()[:60]!r}): "
+                                "fix the line, or give the data another extension (.tsv, .jsonl, ...)")
+            rows["text"].append(text.strip())
+            rows["coarse_label"].append(coarse)
+            rows["fine_label"].append(label)
+    return datasets.Dataset.from_dict(rows)
 
 
 def _has_rows(file: Path, builder: str) -> bool:

@@ -168,6 +168,25 @@ def test_empty_split(tmp_path, name, text):
         load_raw_datasets(args(train_file=write(tmp_path / name, text)))
 
 
+def test_trec_label_files_load_with_the_hub_columns(tmp_path, tokenizer):
+    train = write(tmp_path / "train_5500.label", "HUM:ind Who is john ?\nLOC:city Where is paris ?\n\n"
+                                                 "NUM:count How many acting ?\nHUM:gr Who works at acme corp ?\n")
+    data_args = args(train_file=train, label_column="coarse_label")
+    raw = load_raw_datasets(data_args)
+    assert raw["train"].column_names == ["text", "coarse_label", "fine_label"]
+    assert raw["train"]["text"][0] == "Who is john ?"
+    assert raw["train"]["fine_label"] == ["HUM:ind", "LOC:city", "NUM:count", "HUM:gr"]
+    processed, labels = prepare_classification_datasets(raw, tokenizer, data_args)
+    assert labels == ["HUM", "LOC", "NUM"] and processed["train"]["labels"] == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("line", ["Who is john ?", "hum:ind Who is john ?", "HUM:ind", "HUM Who is john ?"])
+def test_a_line_that_is_not_trec_is_named(tmp_path, line):
+    train = write(tmp_path / "train.label", f"LOC:city Where is paris ?\n{line}\n")
+    with pytest.raises(DataError, match=r"train\.label line 2 is not TREC's 'COARSE:fine question'"):
+        load_raw_datasets(args(train_file=train))
+
+
 # ---------------------------------------------------------------- sequence classification
 
 
@@ -439,3 +458,16 @@ def test_real_sst2_dev_and_rte_labels(shared_data, tokenizer):
     processed, labels = prepare_classification_datasets(load_raw_datasets(rte_args), tokenizer, rte_args)
     assert labels == ["entailment", "not_entailment"]
     assert processed["validation"].num_rows == 277 and sum(processed["validation"]["labels"]) == 131
+
+
+def test_real_trec_splits_and_coarse_labels(shared_data, tokenizer):
+    trec = shared_data / "trec"
+    data_args = args(train_file=str(trec / "train_5500.label"), validation_file=str(trec / "TREC_10.label"),
+                     label_column="coarse_label")
+    raw = load_raw_datasets(data_args)
+    assert raw["train"].num_rows == 5452 and raw["validation"].num_rows == 500
+    assert len(set(raw["train"]["fine_label"])) == 50 and len(set(raw["validation"]["fine_label"])) == 42
+    processed, labels = prepare_classification_datasets(raw, tokenizer, data_args)
+    assert labels == SIX_CLASS
+    counts = [processed["validation"]["labels"].count(i) for i in range(6)]
+    assert counts == [9, 138, 94, 65, 81, 113]  # ABBR, DESC, ENTY, HUM, LOC, NUM (data README)

@@ -124,3 +124,11 @@ def test_augmented_copies_go_unlabeled_to_the_cache_and_the_distilled_student_no
         assert argv[argv.index("--augment_mlm") + 1] == str(mlm) and argv[argv.index("--augment_copies") + 1] == "2"
         assert argv[argv.index("--augment_unlabeled") + 1] == "true"
     assert not any(flag.startswith("--augment") for flag in twin)
+
+
+def test_named_data_files_replace_the_data_dir_for_every_step(tmp_path, monkeypatch):
+    runs = fake_main_job(tmp_path, monkeypatch, "--full", "--train_file", "q/train_5500.label",
+                         "--validation_file", "q/TREC_10.label")
+    for _, argv in runs:
+        assert argv[argv.index("--train_file") + 1] == "q/train_5500.label"
+        assert argv[argv.index("--validation_file") + 1] == "q/TREC_10.label"
