@@ -551,7 +551,7 @@ def _load_file(path: str | Path, split: str) -> datasets.Dataset:
     if not _has_rows(file, builder):
         raise DataError(f"the {split} file {file} has no rows: point it at a file with examples")
     if builder == "trec":
-        return _load_trec(file)
+        return _load_trec(file, split)
     dataset = datasets.load_dataset(
         builder, data_files={split: str(file)}, split=split, **_builder_kwargs(file.suffix.lower())
     )
@@ -559,24 +559,30 @@ def _load_file(path: str | Path, split: str) -> datasets.Dataset:
     return dataset.rename_columns(bom_named) if bom_named else dataset
 
 
-def _load_trec(file: Path) -> datasets.Dataset:
+def _load_trec(file: Path, split: str) -> datasets.Dataset:
     """TREC's `COARSE:fine question` lines (train_5500.label, TREC_10.label) with the columns of the Hub's
     `CogComp/trec`: `text`, `coarse_label` (ABBR, DESC, ...) and `fine_label` (written whole, `DESC:manner`,
-    since fine names such as `other` recur under several coarse classes)."""
+    since fine names such as `other` recur under several coarse classes). Read by the `text` builder and
+    split by a `map`, so the rows live in `datasets`' cache and later steps (augmentation) are cached too."""
+    lines = datasets.load_dataset("text", data_files={split: str(file)}, split=split)
+    return lines.map(_split_trec_lines, batched=True, with_indices=True, remove_columns=lines.column_names,
+                     fn_kwargs={"file": str(file)}, desc=f"Reading TREC lines of {file.name}")
+
+
+def _split_trec_lines(batch: dict[str, list], indices: list[int], file: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {"text": [], "coarse_label": [], "fine_label": []}
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            label, _, text = line.strip().partition(" ")
-            coarse, colon, fine = label.partition(":")
-            if not (colon and coarse.isupper() and fine and text.strip()):
-                raise DataError(f"{file} line {number} is not TREC's 'COARSE:fine question' ({line.strip()[:60]!r}): "
-                                "fix the line, or give the data another extension (.tsv, .jsonl, ...)")
-            rows["text"].append(text.strip())
-            rows["coarse_label"].append(coarse)
-            rows["fine_label"].append(label)
-    return datasets.Dataset.from_dict(rows)
+    for index, line in zip(indices, batch["text"]):
+        if not line.strip():
+            continue
+        label, _, text = line.strip().partition(" ")
+        coarse, colon, fine = label.partition(":")
+        if not (colon and coarse.isupper() and fine and text.strip()):
+            raise DataError(f"{file} line {index + 1} is not TREC's 'COARSE:fine question' ({line.strip()[:60]!r}): "
+                            "fix the line, or give the data another extension (.tsv, .jsonl, ...)")
+        rows["text"].append(text.strip())
+        rows["coarse_label"].append(coarse)
+        rows["fine_label"].append(label)
+    return rows
 
 
 def _has_rows(file: Path, builder: str) -> bool:
