@@ -190,6 +190,10 @@ def main() -> None:
     if options.teacher_dir and not finished and os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
         raise SystemExit(f"--teacher_dir {teacher_dir} holds no finished teacher (no eval_results.json): give a "
                          "folder `hfkd finetune` finished, or a new one to fine-tune the teacher into.")
+    missing = [f"{flag} {path}" for flag, path in zip(data[:4:2], data[1:4:2]) if not os.path.isfile(path)]
+    if missing:
+        raise SystemExit(f"no such data file: {', '.join(missing)}: give --data_dir a folder with train.tsv and "
+                         "dev.tsv, or name the files with --train_file / --validation_file.")
     if finished and (options.reuse_teacher or options.teacher_dir):
         print(f"[1/7] the teacher: {teacher_dir}, fine-tuned before", flush=True)
     else:

@@ -571,13 +571,13 @@ def _load_trec(file: Path, split: str) -> datasets.Dataset:
 
 def _split_trec_lines(batch: dict[str, list], indices: list[int], file: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {"text": [], "coarse_label": [], "fine_label": []}
-    for index, line in zip(indices, batch["text"]):
-        if not line.strip():
+    for index, line in zip(indices, (line.strip() for line in batch["text"])):
+        if not line:
             continue
-        label, _, text = line.strip().partition(" ")
+        label, _, text = line.partition(" ")
         coarse, colon, fine = label.partition(":")
         if not (colon and coarse.isupper() and fine and text.strip()):
-            raise DataError(f"{file} line {index + 1} is not TREC's 'COARSE:fine question' ({line.strip()[:60]!r}): "
+            raise DataError(f"{file} line {index + 1} is not TREC's 'COARSE:fine question' ({line[:60]!r}): "
                             "fix the line, or give the data another extension (.tsv, .jsonl, ...)")
         rows["text"].append(text.strip())
         rows["coarse_label"].append(coarse)

@@ -56,6 +56,9 @@ def fake_main_job(tmp_path, monkeypatch, *flags: str) -> list[tuple[str, list[st
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "eval_results.json").write_text("{}")
+    for name in ("data/train.tsv", "data/dev.tsv", "q/train_5500.label", "q/TREC_10.label"):  # checked to exist
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
     runs = []
 
     def fake_recipe(run, argv, **_):
@@ -71,7 +74,7 @@ def fake_main_job(tmp_path, monkeypatch, *flags: str) -> list[tuple[str, list[st
     monkeypatch.setattr(hfkd.app.trim_vocab, "main", lambda argv: None)
     monkeypatch.setattr(hfkd.app.export_cli, "export_main", lambda argv: None)
     monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--teacher_dir", str(teacher), "--output_root", "job", "--skip_report",
-                                      *flags])
+                                      "--data_dir", "data", *flags])
     runpy.run_path(MAIN_JOB, run_name="__main__")
     return runs
 
@@ -132,3 +135,14 @@ def test_named_data_files_replace_the_data_dir_for_every_step(tmp_path, monkeypa
     for _, argv in runs:
         assert argv[argv.index("--train_file") + 1] == "q/train_5500.label"
         assert argv[argv.index("--validation_file") + 1] == "q/TREC_10.label"
+
+
+def test_a_missing_data_file_is_refused_before_compute(tmp_path, monkeypatch):
+    import hfkd.app.recipes
+
+    monkeypatch.setattr(hfkd.app.recipes, "main", lambda *a, **k: pytest.fail("compute started"))
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--output_root", str(tmp_path / "job"),
+                                      "--train_file", str(tmp_path / "train_5500.label")])
+    with pytest.raises(SystemExit, match=r"no such data file: --train_file .*train_5500\.label: give --data_dir"):
+        runpy.run_path(MAIN_JOB, run_name="__main__")
+    assert not (tmp_path / "job").exists()
