@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 
-from benchmarking import ROOT, cpu_name, write_results
+from benchmarking import ROOT, cpu_name, mean_std, write_results
 
 from hfkd.report.render import markdown_table
 
@@ -59,10 +59,6 @@ def run_seed(seed: int, options: argparse.Namespace, job_flags: list[str]) -> di
                         "--cache_dir", os.path.join(options.output_root, "teacher_cache")], check=True)
     with open(report, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(reports: dict[int, dict], job_flags: list[str]) -> tuple[list[dict], str]:

@@ -40,8 +40,8 @@ from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
     ALPHA_KD, KD_SETTINGS, LEARNING_RATE, ROOT, SST2_DIR, STUDENT_LAYERS, TEMPERATURE, NaiveDistillationTrainer,
-    cpu_name, device, in_child, load_classifier, load_sst2, quiet_libraries, skip_textbrewer, textbrewer_distiller,
-    trainer_settings, write_results,
+    cpu_name, device, in_child, load_classifier, load_sst2, mean_std, quiet_libraries, skip_textbrewer,
+    textbrewer_distiller, trainer_settings, write_results,
 )
 import torch
 import transformers
@@ -168,9 +168,6 @@ def _train_with_textbrewer(teacher: Any, student: Any, train: Any, collator: Any
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """Per variant: the per-seed lists, mean ± std, speed-up over the faster peer and accuracy vs the peers' mean."""
-    def mean_std(values: list[float]) -> tuple[float, float]:
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     variants = {name: {"seconds": [r["seconds"] for r in rs], "accuracy": [r["dev_accuracy"] for r in rs],
                        "cache_build_seconds": [r["cache_build_seconds"] for r in rs],
                        "peak_memory_mb": [r.get("peak_memory_mb") for r in rs],

@@ -3,7 +3,11 @@
     python scripts/benchmark_lm.py --teacher outputs/smollm2 [--steps 30 --batch 4 --layers 10]
 
 Teacher: SmolLM2-135M-Instruct (a folder converted from the GGUF file by `hfkd convert-gguf`). Student:
-`create_student(teacher, num_layers=--layers)` (copied Llama layers), fresh for every variant. Data:
+`create_student(teacher, num_layers=--layers)` (copied Llama layers), fresh for every variant; with
+`--warm_start_steps N` every variant starts instead from that student fine-tuned N steps with the LM
+loss alone (no teacher) on WikiText-2 `valid.txt` text in blocks of 128 tokens, batch 8, as GKD's
+students start from a supervised fine-tune: a cut student samples noise that on-policy KD cannot learn
+from. The warm-started student is saved beside `--output` and reused by later runs with the same settings. Data:
 WikiText-2 `valid.txt` paragraphs (headings left out): the prompt is a paragraph's first
 `--prompt_words` words, the reference completion its next `--completion_tokens` tokens. Every variant
 sees the same token budget: `--steps` optimizer steps of `--batch` prompts with `--completion_tokens`
@@ -23,19 +27,26 @@ process (model loading included) and what training adds above the loaded models,
 prompts (`test.txt` paragraph openings) continued by the teacher (sampled once, seeded). The on-policy
 step's floor is timed alone: student generation, teacher forward, student forward+backward+AdamW step.
 Writes JSON and Markdown (`--output`). A few dozen steps cannot judge quality; the step-time ratios can.
+
+    python scripts/benchmark_lm.py --summarize lm_seed42.json lm_seed43.json ... --output lm_seeds.json
+
+reads finished runs (several files of one seed merge: e.g. the hfkd variants and TRL run apart) and
+writes, per variant, perplexity and held-out KL as mean ± std over the seeds, and in how many seeds it
+beat the no-teacher student on both.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 from typing import Any
 
 from benchmarking import (  # first: it sets up the environment transformers reads on import
-    DATA_DIR, _reset_peak_rss, _status_kb, cpu_name, durations, in_child, now, quiet_libraries, smollm2_teacher,
-    write_results)
+    DATA_DIR, _reset_peak_rss, _status_kb, cpu_name, durations, in_child, mean_std, now, quiet_libraries,
+    smollm2_teacher, write_results)
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback
@@ -71,9 +82,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--eval_tokens", type=int, default=8192)
     parser.add_argument("--kl_prompts", type=int, default=16)
     parser.add_argument("--floor_reps", type=int, default=5)
+    parser.add_argument("--warm_start_steps", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default=os.path.join("benchmarks", "lm.json"))
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="finished runs' JSON files to summarise")
     options = parser.parse_args()
     options.variants = [v for v in options.variants.split(",") if v]
     unknown = set(options.variants) - set(VARIANTS)
@@ -139,12 +152,20 @@ class Workload:
         self.kl_sequences = [torch.from_numpy(a) for a in measured["kl_sequences"]]
         self.kl_teacher_logp = [torch.from_numpy(a) for a in measured["kl_teacher_logp"]]
         self.kl_prompt_lengths, self.teacher_perplexity = measured["kl_prompt_lengths"], measured["teacher_perplexity"]
+        self.start_dir = None
+        self.warm_start: dict[str, Any] = {}
+        if options.warm_start_steps > 0:
+            self.start_dir = os.path.join(os.path.dirname(os.path.abspath(options.output)),
+                                          f"lm_student_L{options.layers}_warm{options.warm_start_steps}")
+            self.warm_start = in_child(warm_start, self)
 
     def teacher(self) -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(self.options.teacher, dtype=torch.float32).eval()
 
     def student(self, teacher: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.options.seed)
+        if self.start_dir:
+            return AutoModelForCausalLM.from_pretrained(self.start_dir, dtype=torch.float32)
         return hfkd.create_student(teacher, num_layers=self.options.layers)
 
     def prompts(self) -> Dataset:
@@ -158,6 +179,28 @@ def teacher_side(work: Workload) -> dict[str, Any]:
     # numpy through the pipe: torch would share the tensors' memory with the child, which exits first
     return {"kl_sequences": [t.numpy() for t in sequences], "kl_prompt_lengths": prompt_lengths,
             "kl_teacher_logp": [t.numpy() for t in log_probs], "teacher_perplexity": perplexity(teacher, work.eval_blocks)}
+
+
+def warm_start(work: Workload) -> dict[str, Any]:
+    """The cut student fine-tuned with the LM loss alone (fixed seed 0, shared by every variant and seed);
+    its test perplexity and held-out KL before and after. Reused when its folder already exists."""
+    path, options = work.start_dir, work.options
+    student = hfkd.create_student(work.teacher(), num_layers=options.layers)
+    before = {"perplexity": perplexity(student, work.eval_blocks), "held_out_kl": held_out_kl(student, work)}
+    if not os.path.isdir(path):
+        text = "\n".join(paragraphs(os.path.join(DATA_DIR, "wikitext2", "valid.txt")))
+        ids = work.tokenizer(text, add_special_tokens=False)["input_ids"]
+        blocks = [ids[i: i + 128] for i in range(0, len(ids) - 127, 128)]
+        args = hfkd.DistillationConfig(**{**common_args(options, path + ".tmp"), "max_steps": options.warm_start_steps,
+                                          "per_device_train_batch_size": 8, "seed": 0}, alpha_ce=1.0, alpha_kd=0.0)
+        hfkd.DistillationTrainer(model=student, args=args, train_dataset=Dataset.from_dict(
+            {"input_ids": blocks, "labels": blocks}), processing_class=work.tokenizer).train()
+        student.save_pretrained(path + ".tmp")
+        work.tokenizer.save_pretrained(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    student = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return {"before": before, "after": {"perplexity": perplexity(student, work.eval_blocks),
+                                        "held_out_kl": held_out_kl(student, work)}}
 
 
 def build_topk_cache(work: Workload, cache_dir: str) -> dict[str, Any]:
@@ -341,6 +384,11 @@ def markdown(results: dict[str, Any]) -> str:
                             "process peak MB", "training adds MB", "× no-teacher", "completion tokens"], rows)
     lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f}; {results['settings']}; {results['device']}.", "",
              table]
+    if "warm_start" in results:
+        before, after = results["warm_start"]["before"], results["warm_start"]["after"]
+        lines += ["", f"Every variant starts from the cut student fine-tuned {results['settings']['warm_start_steps']} "
+                      f"steps with the LM loss alone: test ppl {before['perplexity']:.1f} -> {after['perplexity']:.1f}, "
+                      f"held-out KL {before['held_out_kl']:.3f} -> {after['held_out_kl']:.3f}."]
     if floor:
         lines += ["", "On-policy step floor (each part alone, median s): " + ", ".join(
             f"{key} {value:.2f}" for key, value in floor.items())]
@@ -349,17 +397,63 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
+    """Per variant over the seeds: perplexity and held-out KL (mean ± std), and the seeds where it beat
+    the no-teacher student on both."""
+    seeds: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+        merged = seeds.setdefault(result["settings"]["seed"], {**result, "runs": {}})
+        merged["runs"].update(result["runs"])
+    first = next(iter(seeds.values()))
+    variants = list(dict.fromkeys(name for result in seeds.values() for name in result["runs"]))
+    summary: dict[str, Any] = {"seeds": sorted(seeds), "settings": {k: v for k, v in first["settings"].items() if k != "seed"},
+                               "device": first["device"], "teacher_perplexity": first["teacher_perplexity"],
+                               "warm_start": first.get("warm_start"), "variants": {}}
+    rows = []
+    for name in variants:
+        runs = {seed: result["runs"][name] for seed, result in sorted(seeds.items()) if name in result["runs"]}
+        entry = {"seeds": list(runs), "perplexity": [r["perplexity"] for r in runs.values()],
+                 "held_out_kl": [r["held_out_kl"] for r in runs.values()]}
+        wins = [seed for seed, run in runs.items() if "no_teacher" in seeds[seed]["runs"] and name != "no_teacher"
+                and run["perplexity"] < seeds[seed]["runs"]["no_teacher"]["perplexity"]
+                and run["held_out_kl"] < seeds[seed]["runs"]["no_teacher"]["held_out_kl"]]
+        entry["beats_no_teacher_on_both"] = wins
+        ppl, ppl_std = mean_std(entry["perplexity"])
+        kl, kl_std = mean_std(entry["held_out_kl"])
+        summary["variants"][name] = entry
+        rows.append([name, str(len(runs)), f"{ppl:.1f} ± {ppl_std:.1f}", f"{kl:.3f} ± {kl_std:.3f}",
+                     "–" if name == "no_teacher" else f"{len(wins)} of {len(runs)}"])
+    lines = [f"Seeds {', '.join(map(str, sorted(seeds)))}; teacher perplexity {first['teacher_perplexity']:.1f}; "
+             f"{summary['settings']}; {first['device']}.", "",
+             markdown_table(["variant", "seeds", "test ppl", "held-out KL", "beats no-teacher on both"], rows)]
+    if first.get("warm_start"):
+        after = first["warm_start"]["after"]
+        lines += ["", f"The warm-started student every variant starts from: test ppl {after['perplexity']:.1f}, "
+                      f"held-out KL {after['held_out_kl']:.3f}."]
+    return summary, "\n".join(lines)
+
+
 def main() -> None:
     options = parse()
+    if options.summarize:
+        summary, text = summarize(options.summarize)
+        write_results(options.output, summary, text)
+        print(text)
+        return
     quiet_libraries()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     work = Workload(options)
     results: dict[str, Any] = {
         "settings": {k: getattr(options, k) for k in ("layers", "steps", "batch", "prompt_words", "completion_tokens",
-                                                      "top_k", "learning_rate", "eval_tokens", "kl_prompts", "seed")},
+                                                      "top_k", "learning_rate", "eval_tokens", "kl_prompts", "warm_start_steps",
+                                                      "seed")},
         "device": f"{cpu_name()}; {torch.get_num_threads()} threads" + (
             f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "teacher_perplexity": work.teacher_perplexity, "runs": {}}
+    if work.warm_start:
+        results["warm_start"] = work.warm_start
     cache = None
     if "topk_cached" in options.variants:
         cache = os.path.join(os.path.dirname(os.path.abspath(options.output)), "lm_teacher_cache")

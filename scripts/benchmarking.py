@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import platform
+import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -267,6 +268,11 @@ def cpu_name() -> str:
     flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     present = [flag for flag in MATRIX_FLAGS if flag in flags]
     return f"{name} ({', '.join(present) if present else 'no bf16/vnni/amx'}), {os.cpu_count()} cores"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def write_results(json_path: str, results: dict, markdown: str) -> None:
