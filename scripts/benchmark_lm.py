@@ -410,7 +410,8 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
     variants = list(dict.fromkeys(name for result in seeds.values() for name in result["runs"]))
     summary: dict[str, Any] = {"seeds": sorted(seeds), "settings": {k: v for k, v in first["settings"].items() if k != "seed"},
                                "device": first["device"], "teacher_perplexity": first["teacher_perplexity"],
-                               "warm_start": first.get("warm_start"), "variants": {}}
+                               "warm_start": {seed: r.get("warm_start") for seed, r in sorted(seeds.items())},
+                               "variants": {}}
     rows = []
     for name in variants:
         runs = {seed: result["runs"][name] for seed, result in sorted(seeds.items()) if name in result["runs"]}
@@ -428,10 +429,11 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
     lines = [f"Seeds {', '.join(map(str, sorted(seeds)))}; teacher perplexity {first['teacher_perplexity']:.1f}; "
              f"{summary['settings']}; {first['device']}.", "",
              markdown_table(["variant", "seeds", "test ppl", "held-out KL", "beats no-teacher on both"], rows)]
-    if first.get("warm_start"):
-        after = first["warm_start"]["after"]
-        lines += ["", f"The warm-started student every variant starts from: test ppl {after['perplexity']:.1f}, "
-                      f"held-out KL {after['held_out_kl']:.3f}."]
+    starts = [result["warm_start"]["after"] for result in seeds.values() if result.get("warm_start")]
+    if starts:  # one student; the held-out continuations differ by seed
+        kl, kl_std = mean_std([start["held_out_kl"] for start in starts])
+        lines += ["", f"The warm-started student every variant starts from: test ppl {starts[0]['perplexity']:.1f}, "
+                      f"held-out KL {kl:.3f} ± {kl_std:.3f}."]
     return summary, "\n".join(lines)
 
 
