@@ -148,8 +148,9 @@ def twin_flags(student_dir: str) -> list[str]:
 def main() -> None:
     options, student_flags = parse()
     train_file = options.train_file or os.path.join(options.data_dir, "train.tsv")
-    data = ["--train_file", train_file,
-            "--validation_file", options.validation_file or os.path.join(options.data_dir, "dev.tsv")]
+    data_files = {"--train_file": train_file,
+                  "--validation_file": options.validation_file or os.path.join(options.data_dir, "dev.tsv")}
+    data = [item for flag_and_path in data_files.items() for item in flag_and_path]
     if not options.full:
         data += ["--max_train_samples", str(options.train_samples)]
     teacher_dir = options.teacher_dir or os.path.join(options.output_root, "teacher")
@@ -190,7 +191,7 @@ def main() -> None:
     if options.teacher_dir and not finished and os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
         raise SystemExit(f"--teacher_dir {teacher_dir} holds no finished teacher (no eval_results.json): give a "
                          "folder `hfkd finetune` finished, or a new one to fine-tune the teacher into.")
-    missing = [f"{flag} {path}" for flag, path in zip(data[:4:2], data[1:4:2]) if not os.path.isfile(path)]
+    missing = [f"{flag} {path}" for flag, path in data_files.items() if not os.path.isfile(path)]
     if missing:
         raise SystemExit(f"no such data file: {', '.join(missing)}: give --data_dir a folder with train.tsv and "
                          "dev.tsv, or name the files with --train_file / --validation_file.")
