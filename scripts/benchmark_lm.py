@@ -11,11 +11,13 @@ from. The warm-started student is saved beside `--output` and reused by later ru
 WikiText-2 `valid.txt` paragraphs (headings left out): the prompt is a paragraph's first
 `--prompt_words` words, the reference completion its next `--completion_tokens` tokens. Every variant
 sees the same token budget: `--steps` optimizer steps of `--batch` prompts with `--completion_tokens`
-completion tokens each, the loss on completion tokens only:
+completion tokens each, the loss on completion tokens only, at `--learning_rate` with
+`--lr_scheduler_type` after `--warmup_steps` (the warm start keeps a constant rate):
 
 - `no_teacher`: the student's LM loss on the reference completions (alpha_ce=1, no teacher);
 - `off_policy_kl`: forward KL(teacher‖student) on the reference completions, full 49k-vocabulary logits;
-- `topk_cached`: the same from a top-k (k=`--top_k`) teacher cache built once beforehand (build time reported);
+- `off_policy_kl_ce`: half that KL, half the LM loss on the same tokens (DistilBERT's mixture);
+- `topk_cached`: the same as `off_policy_kl` from a top-k (k=`--top_k`) teacher cache built once beforehand (build time reported);
 - `on_policy_rkl`: lmbda=1, reverse KL on completions the student samples (temperature 1);
 - `mix`: lmbda=0.5, generalized JSD (beta 0.5), the other half on the reference completions;
 - `trl_on_policy`: TRL's `DistillationTrainer` (beta=1: reverse KL) on the same prompts, students,
@@ -57,12 +59,13 @@ from hfkd.teacher.cache import build_teacher_cache, load_teacher_cache
 from hfkd.teacher.cache.shards import read_manifest
 from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
-HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "topk_cached", "on_policy_rkl", "mix")
+HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "off_policy_kl_ce", "topk_cached", "on_policy_rkl", "mix")
 VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
 ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
 SETTINGS = {
     "no_teacher": {"alpha_ce": 1.0, "alpha_kd": 0.0},
     "off_policy_kl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
+    "off_policy_kl_ce": {"alpha_ce": 0.5, "alpha_kd": 0.5, "kd_loss": "kl"},
     "topk_cached": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
     "on_policy_rkl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "reverse_kl", "lmbda": 1.0},
     "mix": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "jsd", "jsd_beta": 0.5, "lmbda": 0.5},
@@ -79,6 +82,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--completion_tokens", type=int, default=32)
     parser.add_argument("--top_k", type=int, default=50)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--lr_scheduler_type", default="constant", help="every variant's (the warm start stays constant)")
+    parser.add_argument("--warmup_steps", type=int, default=0, help="every variant's linear warm-up")
     parser.add_argument("--eval_tokens", type=int, default=8192)
     parser.add_argument("--kl_prompts", type=int, default=16)
     parser.add_argument("--floor_reps", type=int, default=5)
@@ -192,7 +197,8 @@ def warm_start(work: Workload) -> dict[str, Any]:
         ids = work.tokenizer(text, add_special_tokens=False)["input_ids"]
         blocks = [ids[i: i + 128] for i in range(0, len(ids) - 127, 128)]
         args = hfkd.DistillationConfig(**{**common_args(options, path + ".tmp"), "max_steps": options.warm_start_steps,
-                                          "per_device_train_batch_size": 8, "seed": 0}, alpha_ce=1.0, alpha_kd=0.0)
+                                          "per_device_train_batch_size": 8, "seed": 0, "lr_scheduler_type": "constant",
+                                          "warmup_steps": 0}, alpha_ce=1.0, alpha_kd=0.0)
         hfkd.DistillationTrainer(model=student, args=args, train_dataset=Dataset.from_dict(
             {"input_ids": blocks, "labels": blocks}), processing_class=work.tokenizer).train()
         student.save_pretrained(path + ".tmp")
@@ -266,7 +272,8 @@ class StepClock(TrainerCallback):
 
 def common_args(options: argparse.Namespace, output_dir: str) -> dict[str, Any]:
     return {"output_dir": output_dir, "max_steps": options.steps, "per_device_train_batch_size": options.batch,
-            "learning_rate": options.learning_rate, "lr_scheduler_type": "constant", "save_strategy": "no",
+            "learning_rate": options.learning_rate, "lr_scheduler_type": options.lr_scheduler_type,
+            "warmup_steps": options.warmup_steps, "save_strategy": "no",
             "report_to": [], "disable_tqdm": True, "logging_steps": max(options.steps // 5, 1), "seed": options.seed,
             "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0}
 
@@ -401,10 +408,17 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
     """Per variant over the seeds: perplexity and held-out KL (mean ± std), and the seeds where it beat
     the no-teacher student on both."""
     seeds: dict[int, dict[str, Any]] = {}
+    shared: dict[str, Any] | None = None
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             result = json.load(handle)
-        merged = seeds.setdefault(result["settings"]["seed"], {**result, "runs": {}})
+        settings = {"lr_scheduler_type": "constant", "warmup_steps": 0, **result["settings"]}  # runs from before the flags
+        result["settings"] = settings
+        if shared is None:
+            shared = {k: v for k, v in settings.items() if k != "seed"}
+        elif {k: v for k, v in settings.items() if k != "seed"} != shared:
+            raise SystemExit(f"{path} was run with other settings than {paths[0]}: summarise runs of one setting only.")
+        merged = seeds.setdefault(settings["seed"], {**result, "runs": {}})
         merged["runs"].update(result["runs"])
     first = next(iter(seeds.values()))
     variants = list(dict.fromkeys(name for result in seeds.values() for name in result["runs"]))
@@ -449,8 +463,8 @@ def main() -> None:
     work = Workload(options)
     results: dict[str, Any] = {
         "settings": {k: getattr(options, k) for k in ("layers", "steps", "batch", "prompt_words", "completion_tokens",
-                                                      "top_k", "learning_rate", "eval_tokens", "kl_prompts", "warm_start_steps",
-                                                      "seed")},
+                                                      "top_k", "learning_rate", "lr_scheduler_type", "warmup_steps",
+                                                      "eval_tokens", "kl_prompts", "warm_start_steps", "seed")},
         "device": f"{cpu_name()}; {torch.get_num_threads()} threads" + (
             f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "teacher_perplexity": work.teacher_perplexity, "runs": {}}
