@@ -238,7 +238,8 @@ class DistillationConfig(TrainingArguments):
     lmbda: float = option(
         0.0,
         "On-policy distillation (GKD): the share of optimizer steps trained on completions the student "
-        "samples for the dataset's prompts (0 = off-policy, 1 = always on-policy); see hfkd.trainers.on_policy.",
+        "samples for the dataset's prompts (0 = off-policy, 1 = always on-policy); alpha_ce is left out on "
+        "those steps (its labels would be the student's own tokens); see hfkd.trainers.on_policy.",
     )
     seq_kd: bool = option(
         False,

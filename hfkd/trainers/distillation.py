@@ -187,6 +187,8 @@ class DistillationTrainer(DistillationTrainerBase):
     def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
         inputs, num_items_in_batch = self.on_policy.batch(self, model, inputs, num_items_in_batch)  # on-policy/seq_kd
         weights = self.current_loss_weights()
+        if self.on_policy.from_student:  # its labels are the student's own samples: no task loss on them
+            weights = {**weights, "ce": 0.0}
         active = self.objective.active(weights)
         needs = self.objective.requests(active)
         self.objective.check_labels(active, weights, inputs.get("labels"))

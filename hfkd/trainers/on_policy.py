@@ -5,7 +5,9 @@ probability `lmbda`, the student samples the completions it is trained on (on-po
 they come from the teacher (`seq_kd`, sequence-level KD) or from the dataset (off-policy). The
 completion then goes through the trainer's ordinary objective as a plain causal-LM batch whose
 labels mask the prompt and everything after the first EOS, so `kd_loss` (`kl`, `reverse_kl`, `jsd`
-with `jsd_beta`) compares teacher and student on completion tokens only.
+with `jsd_beta`) compares teacher and student on completion tokens only. The task loss (`alpha_ce`)
+applies to the dataset's and the teacher's completions, never to the student's own samples: their
+labels are the tokens the student just drew, and fitting them only sharpens what it already believes.
 
 Generation runs on the unwrapped model (DDP: `accelerator.unwrap_model`; a PEFT student generates
 with its adapter), in eval mode, without gradients, with the KV cache, and with the torch RNG seeded
@@ -199,6 +201,7 @@ class OnPolicy:
         check_sequence_length(longest_prompt + longest(dataset, COMPLETION_IDS),
                               "the longest prompt + completion", *models)
         self._step, self._micro = -1, 0
+        self.from_student = False  # whether the last micro-batch's completions are the student's own samples
         self._stats = {"steps": 0, "student_steps": 0, "tokens": 0, "completions": 0}
 
     def check_engine(self, trainer: Any) -> None:
@@ -227,7 +230,7 @@ class OnPolicy:
             self.check_engine(trainer)
         self._micro = self._micro + 1 if step == self._step else 0
         self._step = step
-        student = self.uses_student(step)
+        student = self.from_student = self.uses_student(step)
         self._stats["steps"] += 1
         self._stats["student_steps"] += int(student)
         if not (student or self.args.seq_kd):
@@ -295,6 +298,8 @@ def _eos_ids(tokenizer: Any, model: nn.Module) -> list[int]:
 
 class NoGeneration:
     """What `DistillationTrainer.on_policy` is in an ordinary token-level run: batches pass through."""
+
+    from_student = False
 
     def batch(self, trainer: Any, model: nn.Module, inputs: dict[str, Any], num_items: Any) -> tuple[dict[str, Any], Any]:
         return inputs, num_items

@@ -111,6 +111,17 @@ def test_lmbda_is_the_share_of_student_sampled_steps(tmp_path, lmbda):
     assert [again.uses_student(step) for step in range(2000)] == draws
 
 
+def test_task_loss_is_left_out_on_student_samples_only(tmp_path):
+    """alpha_ce on the student's own samples would fit the tokens it just drew: off on those steps only."""
+    trainer = trainer_for(tmp_path, lmbda=0.5, alpha_ce=0.5, max_steps=8, logging_steps=1)
+    trainer.train()
+    student_steps = {step for step in range(8) if trainer.on_policy.uses_student(step)}
+    assert 0 < len(student_steps) < 8  # both kinds of step occur with this seed
+    logs = [h for h in trainer.state.log_history if "kd_loss" in h]
+    with_ce = {step for step, h in enumerate(logs) if h.get("ce_loss", 0.0) > 0}
+    assert with_ce == set(range(8)) - student_steps
+
+
 def test_mixed_run_logs_the_on_policy_share_and_completion_length(tmp_path):
     trainer = trainer_for(tmp_path, lmbda=0.5, max_steps=8, logging_steps=8)
     trainer.train()
