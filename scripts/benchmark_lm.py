@@ -25,7 +25,9 @@ completion tokens each, the loss on completion tokens only, at `--learning_rate`
 
 Metrics per variant: median seconds per optimizer step (steps 3.. onward), peak resident memory of its
 process (model loading included) and what training adds above the loaded models, WikiText-2 test perplexity (first `--eval_tokens` tokens of
-`test.txt`, blocks of 256), and the mean per-token KL(teacher‖student) on `--kl_prompts` held-out
+`test.txt`, blocks of 256), the same over the targets outside WikiText's markup (`text ppl`: its `@-@`
+escapes and `<unk>` tags, which a student fitted to WikiText predicts and the teacher does not), and the
+mean per-token KL(teacher‖student) on `--kl_prompts` held-out
 prompts (`test.txt` paragraph openings) continued by the teacher (sampled once, seeded). The on-policy
 step's floor is timed alone: student generation, teacher forward, student forward+backward+AdamW step.
 Writes JSON and Markdown (`--output`). A few dozen steps cannot judge quality; the step-time ratios can.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from typing import Any
@@ -61,6 +64,9 @@ from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
 HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "off_policy_kl_ce", "topk_cached", "on_policy_rkl", "mix")
 VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
+# WikiText's own escapes ("3 @-@ 2") and unknown-word tag: 14% of the test tokens, predicted well only by a
+# model fitted to WikiText (the warm-started student), not by a teacher trained elsewhere.
+WIKITEXT_MARKUP = re.compile(r"@[-,.]@|<unk>")
 ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
 SETTINGS = {
     "no_teacher": {"alpha_ce": 1.0, "alpha_kd": 0.0},
@@ -151,12 +157,17 @@ class Workload:
             raise SystemExit(f"only {len(self.train_rows)} WikiText-2 paragraphs are long enough; lower --steps")
         test = paragraphs(os.path.join(wiki, "test.txt"))
         self.kl_rows = prompt_rows(test, self.tokenizer, options)[: options.kl_prompts]
-        ids = self.tokenizer("\n".join(test), add_special_tokens=False)["input_ids"][: options.eval_tokens]
-        self.eval_blocks = torch.tensor(ids[: len(ids) // 256 * 256]).view(-1, 256)
+        text = "\n".join(test)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        size = min(len(encoded["input_ids"]), options.eval_tokens) // 256 * 256
+        self.eval_blocks = torch.tensor(encoded["input_ids"][:size]).view(-1, 256)
+        self.eval_markup = markup_tokens(text, encoded["offset_mapping"][:size]).view(-1, 256)
+        self.markup_share = float(self.eval_markup[:, 1:].float().mean())  # of the next-token targets
         measured = in_child(teacher_side, self)
         self.kl_sequences = [torch.from_numpy(a) for a in measured["kl_sequences"]]
         self.kl_teacher_logp = [torch.from_numpy(a) for a in measured["kl_teacher_logp"]]
-        self.kl_prompt_lengths, self.teacher_perplexity = measured["kl_prompt_lengths"], measured["teacher_perplexity"]
+        self.kl_prompt_lengths = measured["kl_prompt_lengths"]
+        self.teacher_perplexity, self.teacher_text_perplexity = measured["teacher_perplexity"], measured["teacher_text_perplexity"]
         self.start_dir = None
         self.warm_start: dict[str, Any] = {}
         if options.warm_start_steps > 0:
@@ -183,7 +194,7 @@ def teacher_side(work: Workload) -> dict[str, Any]:
     sequences, prompt_lengths, log_probs = teacher_continuations(teacher, work.kl_rows, work.tokenizer, work.options)
     # numpy through the pipe: torch would share the tensors' memory with the child, which exits first
     return {"kl_sequences": [t.numpy() for t in sequences], "kl_prompt_lengths": prompt_lengths,
-            "kl_teacher_logp": [t.numpy() for t in log_probs], "teacher_perplexity": perplexity(teacher, work.eval_blocks)}
+            "kl_teacher_logp": [t.numpy() for t in log_probs], **{f"teacher_{name}": value for name, value in perplexities(teacher, work).items()}}
 
 
 def warm_start(work: Workload) -> dict[str, Any]:
@@ -191,7 +202,7 @@ def warm_start(work: Workload) -> dict[str, Any]:
     its test perplexity and held-out KL before and after. Reused when its folder already exists."""
     path, options = work.start_dir, work.options
     student = hfkd.create_student(work.teacher(), num_layers=options.layers)
-    before = {"perplexity": perplexity(student, work.eval_blocks), "held_out_kl": held_out_kl(student, work)}
+    before = {**perplexities(student, work), "held_out_kl": held_out_kl(student, work)}
     if not os.path.isdir(path):
         text = "\n".join(paragraphs(os.path.join(DATA_DIR, "wikitext2", "valid.txt")))
         ids = work.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -205,8 +216,7 @@ def warm_start(work: Workload) -> dict[str, Any]:
         work.tokenizer.save_pretrained(path + ".tmp")
         os.replace(path + ".tmp", path)
     student = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return {"before": before, "after": {"perplexity": perplexity(student, work.eval_blocks),
-                                        "held_out_kl": held_out_kl(student, work)}}
+    return {"before": before, "after": {**perplexities(student, work), "held_out_kl": held_out_kl(student, work)}}
 
 
 def build_topk_cache(work: Workload, cache_dir: str) -> dict[str, Any]:
@@ -246,12 +256,25 @@ def held_out_kl(student: torch.nn.Module, work: Workload) -> float:
     return total / max(tokens, 1)
 
 
-def perplexity(model: torch.nn.Module, blocks: torch.Tensor) -> float:
-    losses = []
+def markup_tokens(text: str, offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """Whether each token's characters touch WikiText's markup (`WIKITEXT_MARKUP`)."""
+    inside = torch.zeros(len(text) + 1, dtype=torch.long)
+    for match in WIKITEXT_MARKUP.finditer(text):
+        inside[match.start() + 1: match.end() + 1] = 1
+    before = inside.cumsum(0)  # before[i]: markup characters among text[:i]
+    return torch.tensor([bool(before[end] > before[start]) for start, end in offsets])
+
+
+def perplexities(model: torch.nn.Module, work: Workload) -> dict[str, float]:
+    """Test perplexity over every next-token target, and over those outside WikiText's markup (`text_perplexity`)."""
+    losses, text_nll = [], []
     with torch.no_grad():
-        for block in blocks:
-            losses.append(float(model(block[None], labels=block[None]).loss))
-    return float(torch.tensor(losses).mean().exp())
+        for block, markup in zip(work.eval_blocks, work.eval_markup):
+            out = model(block[None], labels=block[None])
+            losses.append(float(out.loss))
+            nll = torch.nn.functional.cross_entropy(out.logits[0, :-1].float(), block[1:], reduction="none")
+            text_nll.append(nll[~markup[1:]])
+    return {"perplexity": float(torch.tensor(losses).mean().exp()), "text_perplexity": float(torch.cat(text_nll).mean().exp())}
 
 
 # ---------------------------------------------------------------- runs
@@ -310,7 +333,7 @@ def run_variant(name: str, work: Workload, cache_dir: str | None) -> dict[str, A
     lengths = [h[key] for h in logs for key in ("completion_length", "completions/mean_length") if key in h]
     return {"variant": name, "step_seconds_median": statistics.median(steps["step_seconds"]),
             "completion_length": round(statistics.mean(lengths), 1) if lengths else "–", "train_peak_mb": train_peak,
-            "step_seconds": steps["step_seconds"], "perplexity": perplexity(student, work.eval_blocks),
+            "step_seconds": steps["step_seconds"], **perplexities(student, work),
             "held_out_kl": held_out_kl(student, work), "train_logs": logs}
 
 
@@ -374,6 +397,11 @@ def ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}" if reference else "–"
 
 
+def text_ppl(result: dict[str, Any], key: str = "text_perplexity") -> str:
+    """Perplexity without WikiText's markup, "–" for runs made before it was measured."""
+    return f"{result[key]:.1f}" if key in result else "–"
+
+
 def markdown(results: dict[str, Any]) -> str:
     runs, floor = results["runs"], results.get("floor")
     trl_step = runs.get("trl_on_policy", {}).get("step_seconds_median")
@@ -381,20 +409,22 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for name, run in runs.items():
         step, on_policy = run["step_seconds_median"], name in ON_POLICY
-        rows.append([name, f"{run['perplexity']:.1f}", f"{run['held_out_kl']:.3f}", f"{step:.2f}",
+        rows.append([name, f"{run['perplexity']:.1f}", text_ppl(run), f"{run['held_out_kl']:.3f}", f"{step:.2f}",
                      ratio(step, plain.get("step_seconds_median")),
                      ratio(step, floor["total"] if floor and on_policy else None),
                      ratio(step, trl_step if on_policy else None), f"{run['peak_memory_mb']:.0f}",
                      f"{run['train_peak_mb']:.0f}", ratio(run["train_peak_mb"], plain.get("train_peak_mb")),
                      run.get("completion_length", "–")])
-    table = markdown_table(["variant", "test ppl", "held-out KL", "s/step", "× no-teacher step", "× floor", "× TRL",
+    table = markdown_table(["variant", "test ppl", "text ppl", "held-out KL", "s/step", "× no-teacher step", "× floor", "× TRL",
                             "process peak MB", "training adds MB", "× no-teacher", "completion tokens"], rows)
-    lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f}; {results['settings']}; {results['device']}.", "",
-             table]
+    markup = f", {results['markup_share']:.1%} of the test targets" if "markup_share" in results else ""
+    lines = [f"Teacher perplexity {results['teacher_perplexity']:.1f} (text ppl, without WikiText's markup{markup}: "
+             f"{text_ppl(results, 'teacher_text_perplexity')}); {results['settings']}; {results['device']}.", "", table]
     if "warm_start" in results:
         before, after = results["warm_start"]["before"], results["warm_start"]["after"]
         lines += ["", f"Every variant starts from the cut student fine-tuned {results['settings']['warm_start_steps']} "
-                      f"steps with the LM loss alone: test ppl {before['perplexity']:.1f} -> {after['perplexity']:.1f}, "
+                      f"steps with the LM loss alone: test ppl {before['perplexity']:.1f} -> {after['perplexity']:.1f} "
+                      f"(text ppl {text_ppl(before)} -> {text_ppl(after)}), "
                       f"held-out KL {before['held_out_kl']:.3f} -> {after['held_out_kl']:.3f}."]
     if floor:
         lines += ["", "On-policy step floor (each part alone, median s): " + ", ".join(
@@ -430,6 +460,7 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
     for name in variants:
         runs = {seed: result["runs"][name] for seed, result in sorted(seeds.items()) if name in result["runs"]}
         entry = {"seeds": list(runs), "perplexity": [r["perplexity"] for r in runs.values()],
+                 "text_perplexity": [r.get("text_perplexity") for r in runs.values()],
                  "held_out_kl": [r["held_out_kl"] for r in runs.values()]}
         wins = [seed for seed, run in runs.items() if "no_teacher" in seeds[seed]["runs"] and name != "no_teacher"
                 and run["perplexity"] < seeds[seed]["runs"]["no_teacher"]["perplexity"]
@@ -438,15 +469,17 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
         ppl, ppl_std = mean_std(entry["perplexity"])
         kl, kl_std = mean_std(entry["held_out_kl"])
         summary["variants"][name] = entry
-        rows.append([name, str(len(runs)), f"{ppl:.1f} ± {ppl_std:.1f}", f"{kl:.3f} ± {kl_std:.3f}",
+        text = "–" if None in entry["text_perplexity"] else "{:.1f} ± {:.1f}".format(*mean_std(entry["text_perplexity"]))
+        rows.append([name, str(len(runs)), f"{ppl:.1f} ± {ppl_std:.1f}", text, f"{kl:.3f} ± {kl_std:.3f}",
                      "–" if name == "no_teacher" else f"{len(wins)} of {len(runs)}"])
     lines = [f"Seeds {', '.join(map(str, sorted(seeds)))}; teacher perplexity {first['teacher_perplexity']:.1f}; "
              f"{summary['settings']}; {first['device']}.", "",
-             markdown_table(["variant", "seeds", "test ppl", "held-out KL", "beats no-teacher on both"], rows)]
+             markdown_table(["variant", "seeds", "test ppl", "text ppl", "held-out KL", "beats no-teacher on both"], rows)]
     starts = [result["warm_start"]["after"] for result in seeds.values() if result.get("warm_start")]
     if starts:  # one student; the held-out continuations differ by seed
         kl, kl_std = mean_std([start["held_out_kl"] for start in starts])
-        lines += ["", f"The warm-started student every variant starts from: test ppl {starts[0]['perplexity']:.1f}, "
+        lines += ["", f"The warm-started student every variant starts from: test ppl {starts[0]['perplexity']:.1f} "
+                      f"(text ppl {text_ppl(starts[0])}), "
                       f"held-out KL {kl:.3f} ± {kl_std:.3f}."]
     return summary, "\n".join(lines)
 
@@ -467,7 +500,8 @@ def main() -> None:
                                                       "eval_tokens", "kl_prompts", "warm_start_steps", "seed")},
         "device": f"{cpu_name()}; {torch.get_num_threads()} threads" + (
             f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-        "teacher_perplexity": work.teacher_perplexity, "runs": {}}
+        "teacher_perplexity": work.teacher_perplexity, "teacher_text_perplexity": work.teacher_text_perplexity,
+        "markup_share": work.markup_share, "runs": {}}
     if work.warm_start:
         results["warm_start"] = work.warm_start
     cache = None
@@ -479,9 +513,10 @@ def main() -> None:
     for name in options.variants:
         results["runs"][name] = in_child(run_variant, name, work, cache)
         run = results["runs"][name]
-        print(f"{name}: ppl {run['perplexity']:.1f} KL {run['held_out_kl']:.3f} "
+        print(f"{name}: ppl {run['perplexity']:.1f} text ppl {run['text_perplexity']:.1f} KL {run['held_out_kl']:.3f} "
               f"{run['step_seconds_median']:.2f} s/step", flush=True)
         write_results(options.output, results, markdown(results))
+    write_results(options.output, results, markdown(results))
     print(markdown(results))
 
 
