@@ -482,8 +482,9 @@ def summarize(paths: list[str]) -> tuple[dict[str, Any], str]:
     starts = [result["warm_start"]["after"] for result in seeds.values() if result.get("warm_start")]
     if starts:  # one student; the held-out continuations differ by seed
         kl, kl_std = mean_std([start["held_out_kl"] for start in starts])
-        lines += ["", f"The warm-started student every variant starts from: test ppl {starts[0]['perplexity']:.1f} "
-                      f"(text ppl {text_ppl(starts[0])}), "
+        start = next((s for s in starts if "text_perplexity" in s), starts[0])
+        lines += ["", f"The warm-started student every variant starts from: test ppl {start['perplexity']:.1f} "
+                      f"(text ppl {text_ppl(start)}), "
                       f"held-out KL {kl:.3f} ± {kl_std:.3f}."]
     return summary, "\n".join(lines)
 
