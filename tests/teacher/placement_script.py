@@ -124,7 +124,7 @@ def run(rank: int, mode: str, output_dir: str) -> None:
         json.dump(record, handle)
     # Free the wrapped teacher (it holds the process group) while the interpreter is alive: a gloo
     # group finalised at interpreter exit can abort the process ("terminate called without an active
-    # exception"), which failed this script once in CI after its work was done.
+    # exception"), the likeliest cause of this script's one failure in CI (rank 1 aborted).
     del placed
     gc.collect()
     dist.barrier()
