@@ -65,8 +65,8 @@ from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
 HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "off_policy_kl_ce", "topk_cached", "on_policy_rkl", "mix")
 VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
-# WikiText's own escapes ("3 @-@ 2") and unknown-word tag: 14% of the test tokens, predicted well only by a
-# model fitted to WikiText (the warm-started student), not by a teacher trained elsewhere.
+# WikiText's own escapes ("3 @-@ 2") and unknown-word tag (their share of the targets is reported as
+# `markup_share`), predicted well only by a model fitted to WikiText, not by a teacher trained elsewhere.
 WIKITEXT_MARKUP = re.compile(r"@[-,.]@|<unk>")
 ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
 SETTINGS = {
