@@ -239,7 +239,15 @@ class DistillationConfig(TrainingArguments):
         0.0,
         "On-policy distillation (GKD): the share of optimizer steps trained on completions the student "
         "samples for the dataset's prompts (0 = off-policy, 1 = always on-policy); alpha_ce is left out on "
-        "those steps (its labels would be the student's own tokens); see hfkd.trainers.on_policy.",
+        "those steps (its labels would be the student's own tokens) unless reference_ce is set; see "
+        "hfkd.trainers.on_policy.",
+    )
+    reference_ce: bool = option(
+        False,
+        "With lmbda > 0: on the steps trained on student samples, apply the task loss (alpha_ce) to the "
+        "dataset's reference completions of the same prompts instead of leaving it out (MiniLLM's "
+        "pre-training term, Gu et al. 2024): the student keeps fitting real text while it learns from its "
+        "own samples. One more student forward and backward on those steps; needs a dataset with completions.",
     )
     seq_kd: bool = option(
         False,

@@ -18,8 +18,11 @@ completion tokens each, the loss on completion tokens only, at `--learning_rate`
 - `off_policy_kl`: forward KL(teacher‖student) on the reference completions, full 49k-vocabulary logits;
 - `off_policy_kl_ce`: half that KL, half the LM loss on the same tokens (DistilBERT's mixture);
 - `topk_cached`: the same as `off_policy_kl` from a top-k (k=`--top_k`) teacher cache built once beforehand (build time reported);
+- `topk_cached_ce`: the same as `off_policy_kl_ce` from that cache;
 - `on_policy_rkl`: lmbda=1, reverse KL on completions the student samples (temperature 1);
 - `mix`: lmbda=0.5, generalized JSD (beta 0.5), the other half on the reference completions;
+- `on_policy_rkl_ce`, `mix_ce`: the same at half weight, beside half the LM loss on the reference
+  completions on every step (`reference_ce`: on student-sample steps too, MiniLLM's pre-training term);
 - `trl_on_policy`: TRL's `DistillationTrainer` (beta=1: reverse KL) on the same prompts, students,
   completion length, batch, learning rate and sampling.
 
@@ -63,19 +66,25 @@ from hfkd.teacher.cache import build_teacher_cache, load_teacher_cache
 from hfkd.teacher.cache.shards import read_manifest
 from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
-HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "off_policy_kl_ce", "topk_cached", "on_policy_rkl", "mix")
+HFKD_VARIANTS = ("no_teacher", "off_policy_kl", "off_policy_kl_ce", "topk_cached", "topk_cached_ce", "on_policy_rkl",
+                 "on_policy_rkl_ce", "mix", "mix_ce")
 VARIANTS = (*HFKD_VARIANTS, "trl_on_policy")
 # WikiText's own escapes ("3 @-@ 2") and unknown-word tag (their share of the targets is reported as
 # `markup_share`), predicted well only by a model fitted to WikiText, not by a teacher trained elsewhere.
 WIKITEXT_MARKUP = re.compile(r"@[-,.]@|<unk>")
+CACHED = ("topk_cached", "topk_cached_ce")  # trained from the top-k teacher cache, no teacher loaded
+GENERATES = ("on_policy_rkl", "on_policy_rkl_ce", "mix", "mix_ce")  # trained from prompts (+ reference completions)
 ON_POLICY = ("on_policy_rkl", "trl_on_policy")  # every step generates: compared with the floor and each other
 SETTINGS = {
     "no_teacher": {"alpha_ce": 1.0, "alpha_kd": 0.0},
     "off_policy_kl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
     "off_policy_kl_ce": {"alpha_ce": 0.5, "alpha_kd": 0.5, "kd_loss": "kl"},
     "topk_cached": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "kl"},
+    "topk_cached_ce": {"alpha_ce": 0.5, "alpha_kd": 0.5, "kd_loss": "kl"},
     "on_policy_rkl": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "reverse_kl", "lmbda": 1.0},
+    "on_policy_rkl_ce": {"alpha_ce": 0.5, "alpha_kd": 0.5, "kd_loss": "reverse_kl", "lmbda": 1.0, "reference_ce": True},
     "mix": {"alpha_ce": 0.0, "alpha_kd": 1.0, "kd_loss": "jsd", "jsd_beta": 0.5, "lmbda": 0.5},
+    "mix_ce": {"alpha_ce": 0.5, "alpha_kd": 0.5, "kd_loss": "jsd", "jsd_beta": 0.5, "lmbda": 0.5, "reference_ce": True},
 }
 
 
@@ -317,13 +326,13 @@ def run_variant(name: str, work: Workload, cache_dir: str | None) -> dict[str, A
         args = hfkd.DistillationConfig(**common_args(options, output_dir), temperature=1.0,
                                        max_new_tokens=options.completion_tokens, generation_temperature=1.0,
                                        **SETTINGS[name])
-        if name in ("on_policy_rkl", "mix"):
+        if name in GENERATES:
             data, collator = work.prompts(), None
         else:
-            data = (load_teacher_cache(cache_dir, read_manifest(cache_dir)) if name == "topk_cached"
+            data = (load_teacher_cache(cache_dir, read_manifest(cache_dir)) if name in CACHED
                     else lm_rows(work.train_rows))
             collator = DataCollatorForSeq2Seq(work.tokenizer, padding=True, label_pad_token_id=-100)
-        uses_teacher = name not in ("no_teacher", "topk_cached")
+        uses_teacher = name != "no_teacher" and name not in CACHED
         trainer = hfkd.DistillationTrainer(model=student, teacher_model=teacher if uses_teacher else None, args=args,
                                            train_dataset=data, data_collator=collator,
                                            processing_class=work.tokenizer)
@@ -510,7 +519,7 @@ def main() -> None:
     if work.warm_start:
         results["warm_start"] = work.warm_start
     cache = None
-    if "topk_cached" in options.variants:
+    if set(CACHED) & set(options.variants):
         cache = os.path.join(os.path.dirname(os.path.abspath(options.output)), "lm_teacher_cache")
         results["cache_build_seconds"] = in_child(build_topk_cache, work, cache)["seconds"]
     results["floor"] = in_child(on_policy_floor, work)

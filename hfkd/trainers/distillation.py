@@ -185,10 +185,22 @@ class DistillationTrainer(DistillationTrainerBase):
                 if key.startswith("alpha_")}
 
     def training_terms(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> tuple[Terms, Any]:
+        dataset_batch = (inputs, num_items_in_batch)
         inputs, num_items_in_batch = self.on_policy.batch(self, model, inputs, num_items_in_batch)  # on-policy/seq_kd
         weights = self.current_loss_weights()
+        reference_terms: Terms = {}
         if self.on_policy.from_student:  # its labels are the student's own samples: no task loss on them
+            if self.args.reference_ce and weights.get("ce", 0.0) > 0:  # but on the dataset's completions (MiniLLM)
+                reference_terms, _ = self.terms_on(model, *dataset_batch, {"ce": weights["ce"]}, count_items=False)
             weights = {**weights, "ce": 0.0}
+        terms, outputs = self.terms_on(model, inputs, num_items_in_batch, weights)
+        return {**reference_terms, **terms}, outputs
+
+    def terms_on(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any, weights: dict[str, float],
+                 count_items: bool = True) -> tuple[Terms, Any]:
+        """The weighted, normalised terms of one student forward over `inputs` (and the teacher's, if needed).
+
+        `count_items=False` keeps a second forward of the same micro-batch out of the logged item counts."""
         active = self.objective.active(weights)
         needs = self.objective.requests(active)
         self.objective.check_labels(active, weights, inputs.get("labels"))
@@ -209,7 +221,7 @@ class DistillationTrainer(DistillationTrainerBase):
                                      (student_qkv, teacher_qkv))
         # One host sync per step for the local item counts, labelled and all (normalising and logging).
         labelled_items, all_items = local_counts(ctx.labels, ctx.mask, ctx.student_logits.shape[0])
-        normalisers = self.normalisers(labelled_items, num_items_in_batch, all_items)
+        normalisers = self.normalisers(labelled_items, num_items_in_batch, all_items if count_items else None)
         terms = {term.log_key: (weights[term.name] * normalisers.normalise(term, value), normalisers.shown(term, value))
                  for term, value in self.objective.values(active, ctx).items()}
         return terms, outputs

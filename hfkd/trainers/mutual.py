@@ -67,7 +67,7 @@ class MutualDistillationConfig(DistillationConfig):
         "teacher_min_agreement", "teacher_cache_dir", "teacher_cache_top_k", "teacher_weights",
         "teacher_combination", "temperature_schedule", "temperature_end", "loss_weight_schedule",
         "loss_weights_end", "merge_adapter_on_save", "stages", "preset", "report_alpha",
-        "lmbda", "seq_kd",
+        "lmbda", "seq_kd", "reference_ce",
     )
 
     peer_model_name_or_path: list[str] = field(

@@ -8,6 +8,8 @@ labels mask the prompt and everything after the first EOS, so `kd_loss` (`kl`, `
 with `jsd_beta`) compares teacher and student on completion tokens only. The task loss (`alpha_ce`)
 applies to the dataset's and the teacher's completions, never to the student's own samples: their
 labels are the tokens the student just drew, and fitting them only sharpens what it already believes.
+With `reference_ce` a step on student samples keeps the task loss on the dataset's completions of the
+same prompts (MiniLLM's pre-training term), through a second student forward on that batch.
 
 Generation runs on the unwrapped model (DDP: `accelerator.unwrap_model`; a PEFT student generates
 with its adapter), in eval mode, without gradients, with the KV cache, and with the torch RNG seeded
@@ -48,6 +50,9 @@ def check_on_policy_settings(args: Any) -> None:
         raise ValueError(f"generation_top_p must be in (0, 1], got {args.generation_top_p}.")
     if args.generation_top_k < 0:
         raise ValueError(f"generation_top_k must be >= 0 (0 = off), got {args.generation_top_k}.")
+    if args.reference_ce and args.lmbda == 0:
+        raise ValueError("reference_ce applies the task loss on steps trained on student samples, and lmbda=0 has "
+                         "none: set lmbda > 0, or unset reference_ce.")
     if on_policy_enabled(args) and args.teacher_cache_dir:
         raise ValueError(
             "on-policy/seq_kd distillation with teacher_cache_dir: the targets depend on completions generated "
@@ -195,6 +200,11 @@ class OnPolicy:
             raise DistillationSetupError(
                 f"a prompt-only dataset has no completions for the off-policy steps (lmbda={args.lmbda} < 1): "
                 "set lmbda=1, seq_kd=True, or give a 'completion' column."
+            )
+        if COMPLETION_IDS not in dataset.column_names and args.reference_ce:
+            raise DistillationSetupError(
+                "reference_ce trains on the dataset's reference completions, and this prompt-only dataset has none: "
+                "give a 'completion' column (or messages ending with the assistant's turn), or unset reference_ce."
             )
         longest_prompt = longest(dataset, PROMPT_IDS)
         check_sequence_length(longest_prompt + args.max_new_tokens, "the longest prompt + max_new_tokens", *models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -122,6 +123,25 @@ def test_task_loss_is_left_out_on_student_samples_only(tmp_path):
     assert with_ce == set(range(8)) - student_steps
 
 
+def test_reference_ce_trains_the_task_loss_on_the_dataset_completions_on_student_steps(tmp_path):
+    """MiniLLM's pre-training term: on a student-sampled step the task loss is the student's loss on the
+    dataset's completions of the same prompts, beside KD on its own samples."""
+    teacher, student = causal_lm_pair()
+    before = copy.deepcopy(student).eval()  # the tiny Llama has no dropout: train and eval forwards agree
+    trainer = hfkd.DistillationTrainer(model=student, teacher_model=teacher,
+                                       args=config(tmp_path, alpha_ce=0.5, reference_ce=True, max_steps=1),
+                                       train_dataset=prompt_data(), processing_class=tiny_lm_tokenizer())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PROMPTS))])  # the whole first batch
+    with torch.no_grad():
+        expected = before(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss.item()
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "kd_loss" in h)
+    assert trainer.on_policy.uses_student(0) and log["kd_loss"] > 0
+    # Both are token means of the same fp32 losses (log rounded to 6 decimals): equal to far below 1e-4.
+    assert log["ce_loss"] == pytest.approx(expected, abs=1e-4)
+
+
 def test_mixed_run_logs_the_on_policy_share_and_completion_length(tmp_path):
     trainer = trainer_for(tmp_path, lmbda=0.5, max_steps=8, logging_steps=8)
     trainer.train()
@@ -229,6 +249,11 @@ def test_bad_settings_are_one_line(tmp_path, field, value, words):
         config(tmp_path, **{field: value})
 
 
+def test_reference_ce_without_student_steps_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="lmbda=0 has none: set lmbda > 0, or unset reference_ce"):
+        config(tmp_path, lmbda=0.0, seq_kd=True, reference_ce=True)
+
+
 def test_bad_data_is_refused_before_compute(tmp_path):
     with pytest.raises(DistillationSetupError, match="a 'prompt' or 'messages' column"):
         trainer_for(tmp_path, Dataset.from_dict({"text": ["t5"]}))
@@ -239,6 +264,8 @@ def test_bad_data_is_refused_before_compute(tmp_path):
                                  processing_class=tiny_lm_tokenizer(chat_template=False))
     with pytest.raises(DistillationSetupError, match="no completions for the off-policy steps"):
         trainer_for(tmp_path, prompt_data(completions=False), lmbda=0.5)
+    with pytest.raises(DistillationSetupError, match="reference_ce trains on the dataset's reference completions"):
+        trainer_for(tmp_path, prompt_data(completions=False), reference_ce=True)
     with pytest.raises(DistillationSetupError, match="prompt \\+ max_new_tokens=65 exceeds"):
         trainer_for(tmp_path, Dataset.from_dict({PROMPT_IDS: [[5] * 3]}), max_new_tokens=62)
 
