@@ -3,7 +3,9 @@
 Prompts come from any source `load_raw_datasets` reads: a text file (one prompt per line, with
 `--prompt_column text`), JSON lines (`prompt` [+ `completion`], or chat `messages`), CSV, or a Hub
 dataset. Rows become `prompt_input_ids` (+ `completion_input_ids`) through
-`hfkd.trainers.on_policy.tokenize_prompts`, which the trainer batches and generates from.
+`hfkd.trainers.on_policy.tokenize_prompts`, which the trainer batches and generates from. Plain-text
+prompts can carry their own reference completions: with `completion_length` each text is cut after
+`max_seq_length` tokens and the next tokens are its completion.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import datasets
 
 from hfkd.app.task_data import DataArguments, DataError, _subsample
-from hfkd.trainers.on_policy import COMPLETION_IDS, tokenize_prompts
+from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS, tokenize_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ def prepare_prompt_datasets(raw: datasets.DatasetDict, tokenizer: Any, data_args
     """Each split's prompts (their first `max_seq_length` tokens) and reference completions, tokenized,
     subsampled like other data (`max_train_samples`, `max_eval_samples`); an evaluation split needs completions."""
     standard = datasets.DatasetDict({split: _standard_columns(data, split, data_args) for split, data in raw.items()})
+    if data_args.completion_length is not None:
+        standard = datasets.DatasetDict({split: _cut_completions(data, split, tokenizer, data_args)
+                                         for split, data in standard.items()})
     prepared = {split: tokenize_prompts(data, tokenizer, max_prompt_length=data_args.max_seq_length)
                 for split, data in _subsample(standard, data_args).items()}
     validation = prepared.get("validation")
@@ -36,6 +41,29 @@ def prepare_prompt_datasets(raw: datasets.DatasetDict, tokenizer: Any, data_args
         logger.warning("The validation prompts have no completions, so there is no loss to evaluate: skipping eval.")
         prepared.pop("validation")
     return prepared
+
+
+def _cut_completions(dataset: datasets.Dataset, split: str, tokenizer: Any, data_args: DataArguments) -> datasets.Dataset:
+    """Plain-text prompts -> `prompt_input_ids` (the first `max_seq_length` tokens) and `completion_input_ids`
+    (the next `completion_length`; no EOS: the text goes on); rows without a completion token are dropped."""
+    if "completion" in dataset.column_names or "prompt" not in dataset.column_names:
+        raise DataError(f"completion_length cuts reference completions from plain-text prompts, and the {split} "
+                        f"split has columns {dataset.column_names}: unset completion_length, or give prompts only")
+    prompt, completion = data_args.max_seq_length, data_args.completion_length
+
+    def cut(row: dict[str, Any]) -> dict[str, list[int]]:
+        ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        return {PROMPT_IDS: ids[:prompt], COMPLETION_IDS: ids[prompt:prompt + completion]}
+
+    cut_rows = dataset.map(cut, remove_columns=dataset.column_names)
+    kept = cut_rows.filter(lambda row: len(row[COMPLETION_IDS]) > 0)
+    if kept.num_rows < cut_rows.num_rows:
+        logger.info("%s: %d of %d texts are at most max_seq_length=%d tokens long (no completion): dropped.",
+                    split, cut_rows.num_rows - kept.num_rows, cut_rows.num_rows, prompt)
+    if kept.num_rows == 0:
+        raise DataError(f"no {split} text is longer than max_seq_length={prompt} tokens, so none has a completion: "
+                        "lower max_seq_length")
+    return kept
 
 
 def _standard_columns(dataset: datasets.Dataset, split: str, data_args: DataArguments) -> datasets.Dataset:

@@ -117,6 +117,12 @@ class DataArguments:
         "prompt per line). A 'prompt' or chat 'messages' column is found without it (hfkd.app.prompt_data).",
     )
     completion_column: Optional[str] = option(None, "Reference completions of the prompts (default: 'completion').")
+    completion_length: Optional[int] = option(
+        None,
+        "Prompts from plain text without completions (a .txt file): each text's first max_seq_length tokens "
+        "are its prompt and the next completion_length tokens its reference completion (what off-policy "
+        "steps, reference_ce and evaluation train or measure on); texts too short to have one are dropped.",
+    )
     preprocessing_num_workers: Optional[int] = option(None, "Processes for tokenization (datasets.map num_proc).")
     validation_split_name: str = option(
         "validation",
@@ -177,6 +183,7 @@ class DataArguments:
             "max_eval_samples",
             "max_unlabeled_samples",
             "block_size",
+            "completion_length",
             "preprocessing_num_workers",
         ):
             value = getattr(self, name)

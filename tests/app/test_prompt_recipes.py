@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pytest
 from conftest import causal_lm_pair, tiny_lm_tokenizer
 from transformers import AutoModelForCausalLM
 
 from hfkd.app.cli import main as cli_main
+from hfkd.app.prompt_data import prepare_prompt_datasets
 from hfkd.app.recipes import main, run_distillation
+from hfkd.app.task_data import DataArguments, DataError
 from hfkd.models import DistillationSetupError
+from hfkd.trainers.on_policy import COMPLETION_IDS, PROMPT_IDS
 
 pytestmark = pytest.mark.usefixtures("datasets_cache")
 
@@ -53,6 +57,35 @@ def test_jsonl_prompts_with_completions_mix_and_evaluate(tmp_path, teacher_dir):
                                  str(tmp_path / "dev.jsonl"), "--lmbda", "0.5", "--kd_loss", "jsd"))
     results = json.loads((tmp_path / "student" / "all_results.json").read_text())
     assert results["eval_loss"] > 0
+
+
+def test_text_prompts_cut_their_reference_completions(tmp_path):
+    tokenizer = tiny_lm_tokenizer()
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"text": ["t5 t6 t7 t8 t9 t10", "t11 t12", "t13 t14 t15"]})})
+    args = DataArguments(train_file="unused.txt", prompt_column="text", max_seq_length=2, completion_length=3)
+    train = prepare_prompt_datasets(raw, tokenizer, args)["train"]
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    # "t11 t12" has no token after its prompt: dropped. No EOS: the text goes on after the cut.
+    assert train[PROMPT_IDS] == [ids("t5 t6"), ids("t13 t14")]
+    assert train[COMPLETION_IDS] == [ids("t7 t8 t9"), ids("t15")]
+    with pytest.raises(DataError, match="no train text is longer than max_seq_length=6"):
+        prepare_prompt_datasets(raw, tokenizer, DataArguments(train_file="unused.txt", prompt_column="text",
+                                                              max_seq_length=6, completion_length=3))
+    with_completions = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"prompt": ["t5"], "completion": ["t6"]})})
+    with pytest.raises(DataError, match="unset completion_length, or give prompts only"):
+        prepare_prompt_datasets(with_completions, tokenizer, DataArguments(train_file="unused.jsonl", completion_length=3))
+
+
+def test_text_prompts_train_on_policy_with_the_lm_loss_on_their_continuations(tmp_path, teacher_dir):
+    text = tmp_path / "text.txt"
+    text.write_text("t5 t6 t7 t8 t9 t10\nt11 t12 t13 t14\nt15 t16\n")
+    main(run_distillation, flags(tmp_path, teacher_dir, text, "--prompt_column", "text", "--max_seq_length", "2",
+                                 "--completion_length", "3", "--lmbda", "1", "--reference_ce", "--alpha_ce", "0.5",
+                                 "--alpha_kd", "0.5", "--kd_loss", "reverse_kl", "--logging_steps", "1"))
+    state = json.loads((tmp_path / "student" / "trainer_state.json").read_text())
+    logs = [h for h in state["log_history"] if "kd_loss" in h]
+    assert len(logs) == 2 and all(h["ce_loss"] > 0 and h["on_policy_fraction"] == 1 for h in logs)
 
 
 def test_a_missing_prompt_column_is_one_line(tmp_path, teacher_dir, capsys):
