@@ -14,15 +14,22 @@ from transformers import AutoModelForSequenceClassification
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
+needs_accelerate = pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate CLI not installed")
-def test_two_process_distillation(tmp_path):
+
+
+def launch_two_processes(script: Path, output_dir: Path) -> None:
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(tmp_path)]
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(output_dir)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@needs_accelerate
+def test_two_process_distillation(tmp_path):
+    launch_two_processes(SCRIPT, tmp_path)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 and "MULTI_CPU" in r["distributed_type"] for r in ranks)
@@ -46,3 +53,17 @@ def test_two_process_distillation(tmp_path):
     with torch.no_grad():
         logits = student(input_ids=torch.tensor([[5, 6, 7]])).logits
     assert logits.shape == (1, 3) and torch.isfinite(logits).all()
+
+
+@needs_accelerate
+def test_two_process_on_policy_with_the_reference_loss(tmp_path):
+    """reference_ce runs the DDP-wrapped student twice before one backward (its samples, then the dataset's
+    completions): both kinds of step must train, and the replicas stay in sync."""
+    launch_two_processes(SCRIPT.with_name("on_policy_ddp_script.py"), tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["student_wrapped"] for r in ranks)
+    for rank in ranks:
+        assert len(rank["logs"]) == 4
+        assert {h["on_policy_fraction"] for h in rank["logs"]} == {0.0, 1.0}  # student-sampled and dataset steps
+        assert all(h["ce_loss"] > 0 and h["kd_loss"] > 0 for h in rank["logs"])  # CE on the student's steps too
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # all-reduced: the same bits
