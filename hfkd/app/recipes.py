@@ -27,6 +27,7 @@ from hfkd.config import DistillationConfig, cpu_only_multiprocess
 from hfkd.app.transfer_data import apply_confidence_filter
 from hfkd.app.task_data import (
     DataArguments,
+    DataError,
     build_data_collator,
     load_raw_datasets,
     prepare_classification_datasets,
@@ -57,6 +58,10 @@ def prepare_task_data(
 ) -> tuple[Any, list[str] | None]:
     """Tokenized splits for `task`, and the label names by id (classification tasks); `prompts`: the
     causal-LM data are prompts to generate from (on-policy / seq_kd), which prompt columns also imply."""
+    prompt_data = task == "causal_lm" and (prompts or is_prompt_data(raw, data_args))
+    if data_args.completion_length is not None and not prompt_data:
+        raise DataError("completion_length cuts causal-LM prompts into prompt + completion, and these data are not "
+                        "prompts: set prompt_column (e.g. 'text' for a .txt file), or unset completion_length")
     if task == "sequence_classification":
         label2id = None
         if model_config is not None and not is_default_labels(model_config.id2label):
@@ -71,7 +76,7 @@ def prepare_task_data(
             )
         labels = [model_config.id2label[i] for i in range(len(model_config.id2label))]
         return prepare_token_classification_datasets(raw, tokenizer, data_args, labels), labels
-    if task == "causal_lm" and (prompts or is_prompt_data(raw, data_args)):  # on-policy / seq_kd distillation
+    if prompt_data:  # on-policy / seq_kd distillation
         return prepare_prompt_datasets(raw, tokenizer, data_args), None
     return prepare_lm_datasets(raw, tokenizer, data_args, task=task), None
 

@@ -88,6 +88,15 @@ def test_text_prompts_train_on_policy_with_the_lm_loss_on_their_continuations(tm
     assert len(logs) == 2 and all(h["ce_loss"] > 0 and h["on_policy_fraction"] == 1 for h in logs)
 
 
+def test_completion_length_on_data_that_are_not_prompts_is_one_line(tmp_path, teacher_dir, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("t5 t6 t7 t8 t9 t10\n")
+    with pytest.raises(SystemExit):
+        main(run_distillation, flags(tmp_path, teacher_dir, text, "--completion_length", "3"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("hfkd: error:") and "set prompt_column (e.g. 'text' for a .txt file)" in error
+
+
 def test_a_missing_prompt_column_is_one_line(tmp_path, teacher_dir, capsys):
     (tmp_path / "train.jsonl").write_text('{"question": "t5 t6"}\n')
     with pytest.raises(SystemExit):
