@@ -35,7 +35,8 @@ class ModelArguments:
     )
     student_model_name_or_path: str | None = option(
         None,
-        "Student checkpoint; if unset the student is built from the teacher with create_student.",
+        "Student checkpoint, used as it is (the student_* shape settings are then ignored, with a warning); "
+        "if unset the student is built from the teacher with create_student.",
     )
     student_num_layers: int | None = option(None, "Depth of a student built from the teacher (layers spread evenly).")
     student_layer_indices: list[int] | None = option(

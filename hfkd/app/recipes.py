@@ -239,12 +239,22 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, args: Tra
     return train_and_save(trainer, task)
 
 
+STUDENT_SHAPE_FIELDS = ("student_num_layers", "student_layer_indices", "student_hidden_size",
+                        "student_intermediate_size", "student_num_attention_heads", "student_init")
+"""ModelArguments that describe a student built from the teacher; a student checkpoint makes them moot."""
+
+
 def build_student(
     model_args: ModelArguments, teacher: PreTrainedModel, task: str, train_dataset: Any = None, seed: int = 42
 ) -> PreTrainedModel:
     """Load the student checkpoint, or derive one from the teacher with `create_student` (pruning
     ranks units on `student_calibration_samples` rows of `train_dataset`, shuffled with `seed`)."""
     if model_args.student_model_name_or_path:
+        unused = {name: getattr(model_args, name) for name in STUDENT_SHAPE_FIELDS if getattr(model_args, name)}
+        if unused:  # kept a warning: a recipe's shape may stand beside a checkpoint the user adds on the command line
+            logger.warning("student_model_name_or_path %s is used as it is: %s only shape a student built from "
+                           "the teacher, so they are ignored here.", model_args.student_model_name_or_path,
+                           ", ".join(f"{name}={value}" for name, value in unused.items()))
         path = resolve_model_path(model_args.student_model_name_or_path)
         kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -225,6 +226,27 @@ def test_tokenizer_without_pad_token_pads_with_eos(workspace, tmp_path, caplog):
     assert sum("no pad token" in r.getMessage() for r in caplog.records) == 1
     assert AutoTokenizer.from_pretrained(tmp_path / "out").pad_token == "<|endoftext|>"
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").config.pad_token_id == 0
+
+
+def test_a_student_checkpoint_beside_shape_settings_is_used_as_it_is_and_the_settings_named(workspace, caplog):
+    """A recipe's student shape and a checkpoint added on the command line: the checkpoint wins, and the
+    ignored settings are named rather than dropped in silence."""
+    from hfkd.app.arguments import ModelArguments
+    from hfkd.app.recipes import build_student
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(workspace / "teacher6")
+    args = ModelArguments(student_model_name_or_path=str(workspace / "teacher6"), student_num_layers=1,
+                          student_hidden_size=16)
+    with caplog.at_level("WARNING", logger="hfkd"):
+        student = build_student(args, teacher, "sequence_classification")
+    assert student.config.num_hidden_layers == AutoConfig.from_pretrained(workspace / "teacher6").num_hidden_layers != 1
+    warned = [r.getMessage() for r in caplog.records if "is used as it is" in r.getMessage()]
+    assert len(warned) == 1 and "student_num_layers=1, student_hidden_size=16" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hfkd"):
+        build_student(ModelArguments(student_model_name_or_path=str(workspace / "teacher6")), teacher,
+                      "sequence_classification")
+    assert not [r for r in caplog.records if "is used as it is" in r.getMessage()]
 
 
 WIKITEXT = SHARED_DIR / "data" / "wikitext2" / "valid.txt"
