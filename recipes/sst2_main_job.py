@@ -6,6 +6,7 @@ to int8 ONNX, and report all of them measured as they would be deployed.
     python recipes/sst2_main_job.py --full     # all 67,349 training sentences labelled (no transfer set)
     python recipes/sst2_main_job.py --full --length_bucketing false --num_train_epochs 2   # longer students
     python recipes/sst2_main_job.py --full --augment_mlm outputs/augment_mlm   # + copies only the teacher labels
+    python recipes/sst2_main_job.py --full --crops 1 --length_bucketing false   # + crops only the teacher labels
 
 Any flag this script does not define goes to both students' runs (and to the teacher cache, which
 reads the same settings): an `hfkd distill` option overriding the student config, as above.
@@ -28,7 +29,8 @@ recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
 1. `hfkd finetune`: the teacher, on the labelled sentences.
 2. `hfkd cache-teacher`: the teacher labels, once, the labelled sentences and a transfer set: the
    rest of the training split given without its labels (a user's pile of unlabeled in-domain text),
-   and with --augment_mlm TinyBERT-style copies of the labelled rows, also without labels.
+   with --augment_mlm TinyBERT-style copies of the labelled rows, and with --crops crops of them
+   (runs of at least half of a sentence's words), also without labels.
 3. `hfkd distill` from that cache: the teacher pruned to 4 layers x 192 by activation importance
    (Minitron), then 0.2 CE on the labelled rows + 1.0 KD (T = 2) on every row. This is where
    distillation earns its keep: a few thousand labels and a larger pile of unlabeled text. Its last
@@ -86,6 +88,10 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
                              "(TinyBERT), labelled by the teacher alone; the twin, having no teacher, does not.")
     parser.add_argument("--augment_copies", type=int, default=1,
                         help="Augmented copies of each labelled row, with --augment_mlm (default 1).")
+    parser.add_argument("--crops", type=float, default=0.0,
+                        help="Crops of the labelled sentences per labelled row (unlabeled_crops: runs of at least "
+                             "half of a sentence's words) that the distilled student also trains on, labelled by "
+                             "the teacher alone; the twin, having no teacher, does not. Default 0: none.")
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "sst2"),
                         help="Folder with train.tsv and dev.tsv (GLUE format; SST-2 by default).")
     parser.add_argument("--train_file", default=None,
@@ -110,6 +116,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
                         help="Seed of the two students' runs (pruning sample, head, batch order; default: the "
                              "student config's). The teacher keeps its config's seed.")
     options, student_flags = parser.parse_known_args()
+    if not options.crops >= 0:
+        parser.error(f"--crops {options.crops}: give a number >= 0 (crops per labelled row; 0 for none).")
     if options.augment_copies < 1:
         parser.error(f"--augment_copies {options.augment_copies}: give 1 or more (leave out --augment_mlm for none).")
     stray = [flag for flag in student_flags[:1] if not flag.startswith("--")]
@@ -174,6 +182,8 @@ def main() -> None:
     if options.augment_mlm:  # copies without labels: only the teacher labels them
         transfer += ["--augment_mlm", options.augment_mlm, "--augment_copies", str(options.augment_copies),
                      "--augment_unlabeled", "true"]
+    if options.crops:
+        transfer += ["--unlabeled_crops", str(options.crops)]
     cached = ["--teacher_cache_dir", options.cache_dir or os.path.join(options.output_root, "teacher_cache")]
     # Checked before any compute: a mistyped flag would otherwise stop the job only after the teacher's fine-tuning.
     with one_line_errors(debug=False):
@@ -206,7 +216,8 @@ def main() -> None:
     print("[2/7] the teacher labels the labelled rows" + ("" if options.full else
           " and the transfer set (the other training rows, their labels dropped)") +
           (f" and {options.augment_copies} augmented cop{'y' if options.augment_copies == 1 else 'ies'} of each "
-           "labelled row" if options.augment_mlm else "") + ", once", flush=True)
+           "labelled row" if options.augment_mlm else "") +
+          (f" and {options.crops:g} crop(s) per labelled row" if options.crops else "") + ", once", flush=True)
     run_recipe(run_cache_teacher, [*student, *transfer, *cached])
     print(f"[3/7] distilling a compact student from that cache: the teacher pruned to {shape}, then "
           "CE on the labelled rows + soft labels on every row; the last fifth of the steps int8-aware", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -167,6 +168,12 @@ class DataArguments:
         None,
         "Drop unlabeled rows whose teacher max-probability is below this (needs the teacher cache).",
     )
+    unlabeled_crops: float = option(
+        0.0,
+        "Crops of the labelled texts as a transfer set (sequence classification): this many per labelled row, "
+        "each a contiguous run of at least half of a text's words (3 or more, fewer than all), drawn with "
+        "augment_seed; unlabeled, so the teacher alone labels them (docs/transfer-sets.md). 0 = off.",
+    )
 
     def __post_init__(self) -> None:
         files = (self.train_file, self.validation_file, self.test_file)
@@ -204,6 +211,9 @@ class DataArguments:
 
         check_ratio(self.unlabeled_ratio)
         check_min_confidence(self.unlabeled_min_confidence)
+        if not (math.isfinite(self.unlabeled_crops) and self.unlabeled_crops >= 0):
+            raise DataError(f"unlabeled_crops={self.unlabeled_crops} must be a finite number >= 0 (crops per "
+                            "labelled row; 0 turns them off)")
 
     def augmentation_settings(self) -> Any:
         """The `hfkd.transfer.augment.AugmentationSettings` of these arguments, or None when augmentation is off."""
@@ -310,6 +320,11 @@ def prepare_classification_datasets(
     for split, dataset in _subsample(raw, args).items():
         if split not in labeled and args.label_column in dataset.column_names:
             dataset = dataset.remove_columns(args.label_column)
+        crops = None
+        if split == "train" and args.unlabeled_crops:  # of the labelled rows as given, before augmentation
+            from hfkd.transfer.crops import crop_dataset
+
+            crops = crop_dataset(dataset, text_column, pair_column, args.unlabeled_crops, args.augment_seed)
         if split == "train" and args.augment_copies:
             from hfkd.transfer.augment import augment_train_split
 
@@ -322,7 +337,10 @@ def prepare_classification_datasets(
             desc=f"Tokenizing {split}",
         )
         if split == "train":
-            processed[split] = add_transfer_set(processed[split], unlabeled, tokenize, tokenizer, args)
+            transfer = [part for part in (unlabeled, crops) if part is not None]
+            processed[split] = add_transfer_set(
+                processed[split], datasets.concatenate_datasets(transfer) if transfer else None, tokenize, tokenizer,
+                args)
     return processed, label_list
 
 
@@ -502,10 +520,11 @@ def _refuse_sequence_classification_options(args: DataArguments, task: str) -> N
         raise DataError(
             f"augment_copies is for sequence classification (word replacement would break {task} labels): unset it"
         )
-    if args.unlabeled_file or args.unlabeled_dataset_name or args.unlabeled_rows_in_train:
+    if args.unlabeled_file or args.unlabeled_dataset_name or args.unlabeled_rows_in_train or args.unlabeled_crops:
         raise DataError(
             f"the recipes read transfer sets for sequence classification; for {task}, mark unlabeled rows with "
-            "labels -100 yourself (docs/transfer-sets.md) and unset unlabeled_file/unlabeled_dataset_name"
+            "labels -100 yourself (docs/transfer-sets.md) and unset unlabeled_file/unlabeled_dataset_name/"
+            "unlabeled_crops"
         )
 
 

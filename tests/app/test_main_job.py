@@ -129,6 +129,18 @@ def test_augmented_copies_go_unlabeled_to_the_cache_and_the_distilled_student_no
     assert not any(flag.startswith("--augment") for flag in twin)
 
 
+def test_crops_go_to_the_cache_and_the_distilled_student_not_the_twin(tmp_path, monkeypatch, capsys):
+    runs = fake_main_job(tmp_path, monkeypatch, "--full", "--crops", "1.5")
+    cache, distilled, twin = (argv for _, argv in runs)
+    for argv in (cache, distilled):
+        assert argv[argv.index("--unlabeled_crops") + 1] == "1.5"
+    assert "--unlabeled_crops" not in twin
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--crops", "-1"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(MAIN_JOB, run_name="__main__")
+    assert "--crops -1.0: give a number >= 0" in capsys.readouterr().err
+
+
 def test_named_data_files_replace_the_data_dir_for_every_step(tmp_path, monkeypatch):
     runs = fake_main_job(tmp_path, monkeypatch, "--full", "--train_file", "q/train_5500.label",
                          "--validation_file", "q/TREC_10.label")
