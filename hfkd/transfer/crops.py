@@ -23,6 +23,8 @@ import random
 
 import datasets
 
+from hfkd.transfer.unlabeled import TransferSetError
+
 logger = logging.getLogger(__name__)
 
 MIN_WORDS = 3
@@ -62,6 +64,11 @@ def crop_dataset(train: datasets.Dataset, text_column: str, pair_column: str | N
     a dataset of the text columns alone, ready to be marked unlabeled."""
     texts = train[text_column]
     crops = crop_texts(texts, round(per_row * len(train)), seed)
+    if not crops:
+        raise TransferSetError(
+            f"unlabeled_crops={per_row:g} gave no crop: no training text has more than {MIN_WORDS} words (or "
+            "every crop is a training text already): unset unlabeled_crops, or give longer texts"
+        )
     columns = {text_column: [crop for _, crop in crops]}
     if pair_column is not None:
         pairs = train[pair_column]

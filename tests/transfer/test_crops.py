@@ -8,6 +8,7 @@ from datasets import Dataset
 from hfkd.app.task_data import DataArguments, DataError
 from hfkd.objective.items import UNLABELED
 from hfkd.transfer.crops import crop_dataset, crop_texts
+from hfkd.transfer.unlabeled import TransferSetError
 
 pytestmark = pytest.mark.usefixtures("datasets_cache")  # Arrow caches in tmp_path (conftest)
 
@@ -46,6 +47,8 @@ def test_crop_dataset_keeps_the_pair_text_of_each_crops_source():
     for row in crops:
         source = TEXTS[int(row["hypothesis"].split()[1])]
         assert is_run_of(row["premise"], source) and row["premise"] != source
+    with pytest.raises(TransferSetError, match="unlabeled_crops=1 gave no crop: no training text has more than 3 words"):
+        crop_dataset(Dataset.from_dict({"premise": ["not good", "bad"]}), "premise", None, per_row=1.0, seed=0)
 
 
 def test_the_recipe_adds_the_crops_as_unlabeled_rows_and_refuses_bad_settings(tmp_path):
