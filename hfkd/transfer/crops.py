@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Sequence
 
 import datasets
 
@@ -33,7 +34,7 @@ ATTEMPTS_PER_CROP = 20
 """Draws allowed per crop asked for before giving up on a text set too small to yield that many."""
 
 
-def crop_texts(texts: list[str], count: int, seed: int, min_words: int = MIN_WORDS) -> list[tuple[int, str]]:
+def crop_texts(texts: Sequence[str], count: int, seed: int, min_words: int = MIN_WORDS) -> list[tuple[int, str]]:
     """`count` distinct crops of `texts` as (index of the source text, crop), each source drawn at random
     among the texts with more than `min_words` words; fewer when the texts cannot give `count` new ones."""
     words = [text.split() for text in texts]
