@@ -5,14 +5,15 @@
 
 Each seed runs the README's main job (recipes/sst2_main_job.py) with that seed: the compact student
 (the teacher pruned, distilled from the teacher cache, its last fifth int8-aware), its no-teacher twin
-(the same pruned start and optimizer steps, labels only), the distilled student's trimmed-vocabulary
-copy, int8 ONNX of both, and `hfkd report`, which scores every artifact by running it on the whole
-dev set. The teacher is fine-tuned once (its config's seed) and the cache built once: every seed
+(the same pruned start and optimizer steps, labels only), trimmed-vocabulary copies of both (the
+main job's `--trim_twin`: the trimmed student's own twin), int8 ONNX of the distilled student and of
+both trimmed copies, and `hfkd report`, which scores every artifact by running it on the whole dev set. The teacher is fine-tuned once (its config's seed) and the cache built once: every seed
 reuses both, so the seeds differ only in the students' runs (pruning sample, head, batch order).
 `--full` labels the whole train split (the full-train teacher, no transfer set); without it, the
 main job's 8,000 labelled sentences and the rest of the split as an unlabeled transfer set.
 
-Rows: mean ± std over the seeds of each artifact's measured score, its share of the teacher's, DM
+The header gives the per-seed gaps: distilled minus twin, trimmed int8 minus trimmed int8 twin, and int8
+minus its fp32 source. Rows: mean ± std over the seeds of each artifact's measured score, its share of the teacher's, DM
 (α = 0.5) with size = parameters and with size = bytes on disk, and the batch-1 speed-up. A seed whose
 report exists is not rerun. Writes compression.json and compression.md in --output_root.
 """
@@ -34,7 +35,12 @@ MAIN_JOB = os.path.join(ROOT, "recipes", "sst2_main_job.py")
 # The main job's report rows, in the order the table shows them.
 ROWS = {"student_pruned": "distilled (PyTorch fp32)", "distilled-onnx-int8": "distilled, int8 ONNX",
         "distilled-trimmed-onnx-int8": "distilled, vocabulary trimmed, int8 ONNX",
-        "student_pruned_no_teacher": "no-teacher twin (PyTorch fp32)"}
+        "student_pruned_no_teacher": "no-teacher twin (PyTorch fp32)",
+        "no-teacher-trimmed-onnx-int8": "no-teacher twin, vocabulary trimmed, int8 ONNX"}
+# (student, its twin) pairs whose per-seed gap the header prints, when both rows are there.
+GAPS = {"distilled minus twin": ("student_pruned", "student_pruned_no_teacher"),
+        "trimmed int8 distilled minus trimmed int8 twin": ("distilled-trimmed-onnx-int8", "no-teacher-trimmed-onnx-int8"),
+        "int8 ONNX minus its fp32 source": ("distilled-onnx-int8", "student_pruned")}
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
@@ -54,7 +60,7 @@ def run_seed(seed: int, options: argparse.Namespace, job_flags: list[str]) -> di
     root = os.path.join(options.output_root, f"seed{seed}")
     report = os.path.join(root, "report", "report.json")
     if not os.path.isfile(report):
-        subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--seed", str(seed), "--output_root", root,
+        subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--trim_twin", "--seed", str(seed), "--output_root", root,
                         "--teacher_dir", os.path.join(options.output_root, "teacher"),
                         "--cache_dir", os.path.join(options.output_root, "teacher_cache")], check=True)
     with open(report, encoding="utf-8") as handle:
@@ -66,7 +72,10 @@ def summarise(reports: dict[int, dict], job_flags: list[str]) -> tuple[list[dict
     teacher = next(iter(reports.values()))["teacher"]
     rows, cells = [], []
     for name, label in ROWS.items():
-        entries = {seed: next(e for e in report["students"] if e["name"] == name) for seed, report in reports.items()}
+        entries = {seed: next((e for e in report["students"] if e["name"] == name), None)
+                   for seed, report in reports.items()}
+        if None in entries.values():  # a row a seed's report lacks (e.g. made before --trim_twin) is left out
+            continue
         scores = [100 * e["score"] for e in entries.values()]
         score, std = mean_std(scores)
         dm, dm_std = mean_std([e["distillation_metric"] for e in entries.values()])
@@ -81,13 +90,15 @@ def summarise(reports: dict[int, dict], job_flags: list[str]) -> tuple[list[dict
                       f"{score:.2f} ± {std:.2f}", ", ".join(f"{s:.2f}" for s in scores),
                       f"{100 * kept:.1f}%", f"{dm:.4f} ± {dm_std:.4f}",
                       f"{dm_bytes:.4f} ± {dm_bytes_std:.4f}", "–" if speedup is None else f"{speedup:.2f}×"])
-    gain = [rows[0]["scores"][s] - rows[-1]["scores"][s] for s in reports]
-    int8_cost = [rows[1]["scores"][s] - rows[0]["scores"][s] for s in reports]
+    scores = {row["artifact"]: row["scores"] for row in rows}
+    gaps = []
+    for title, (first_name, second_name) in GAPS.items():
+        if first_name in scores and second_name in scores:
+            gap = [scores[first_name][s] - scores[second_name][s] for s in reports]
+            gaps.append(f"{title} per seed: {', '.join(f'{g:+.2f}' for g in gap)} (mean {statistics.mean(gap):+.2f})")
     header = (f"Teacher {100 * teacher['score']:.2f}% ({teacher['params'] / 1e6:.2f}M parameters, "
               f"{teacher['size_bytes'] / 1e6:.2f} MB); main job flags {job_flags or 'none'}; seeds {list(reports)}; "
-              f"CPU: {cpu_name()}.\nDistilled minus twin per seed: {', '.join(f'{g:+.2f}' for g in gain)} "
-              f"(mean {statistics.mean(gain):+.2f}); int8 ONNX minus its fp32 source per seed: "
-              f"{', '.join(f'{c:+.2f}' for c in int8_cost)} (mean {statistics.mean(int8_cost):+.2f}).")
+              f"CPU: {cpu_name()}.\n" + "; ".join(gaps) + ".")
     table = markdown_table(["artifact", "params (M)", "MB", "dev accuracy % (mean ± std)", "per seed",
                             "kept of teacher", "DM (α=0.5) by params", "DM by bytes", "batch-1 speed-up (first seed)"],
                            cells)

@@ -44,8 +44,9 @@ def test_a_mistyped_student_flag_or_a_missing_mlm_is_refused_before_the_teacher_
     assert not root.exists()
 
 
-def fake_main_job(tmp_path, monkeypatch, *flags: str) -> list[tuple[str, list[str]]]:
-    """Run the main job with every step replaced by a recorder; return the recipe runs (name, argv) in order."""
+def fake_main_job(tmp_path, monkeypatch, *flags: str, every_step: bool = False) -> list[tuple[str, list[str]]]:
+    """Run the main job with every step replaced by a recorder; return the recipe runs (name, argv) in order
+    (`every_step`: the trims, exports and report too)."""
     import json
 
     import hfkd.app.export_cli
@@ -71,12 +72,13 @@ def fake_main_job(tmp_path, monkeypatch, *flags: str) -> list[tuple[str, list[st
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hfkd.app.recipes, "main", fake_recipe)
     monkeypatch.setattr(hfkd.app.report_cli, "summarize", lambda *a, **k: {"markdown": ""})
-    monkeypatch.setattr(hfkd.app.trim_vocab, "main", lambda argv: None)
-    monkeypatch.setattr(hfkd.app.export_cli, "export_main", lambda argv: None)
-    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--teacher_dir", str(teacher), "--output_root", "job", "--skip_report",
-                                      "--data_dir", "data", *flags])
+    monkeypatch.setattr(hfkd.app.report_cli, "main", lambda argv: runs.append(("report", list(argv))))
+    monkeypatch.setattr(hfkd.app.trim_vocab, "main", lambda argv: runs.append(("trim", list(argv))))
+    monkeypatch.setattr(hfkd.app.export_cli, "export_main", lambda argv: runs.append(("export", list(argv))))
+    monkeypatch.setattr(sys, "argv", [MAIN_JOB, "--teacher_dir", str(teacher), "--output_root", "job",
+                                      *([] if every_step else ["--skip_report"]), "--data_dir", "data", *flags])
     runpy.run_path(MAIN_JOB, run_name="__main__")
-    return runs
+    return runs if every_step else [(name, argv) for name, argv in runs if name.startswith("run_")]
 
 
 def test_flags_the_job_does_not_define_reach_both_students_and_the_cache(tmp_path, monkeypatch):
@@ -139,6 +141,27 @@ def test_crops_go_to_the_cache_and_the_distilled_student_not_the_twin(tmp_path, 
     with pytest.raises(SystemExit):
         runpy.run_path(MAIN_JOB, run_name="__main__")
     assert "--crops -1.0: give a number >= 0" in capsys.readouterr().err
+
+
+def test_trim_twin_ships_the_twin_as_the_distilled_student_is_shipped(tmp_path, monkeypatch):
+    def shipped(*flags):
+        root = tmp_path / ("with" if flags else "without")
+        root.mkdir()
+        steps = fake_main_job(root, monkeypatch, *flags, every_step=True)
+        trims = [argv[argv.index("--model") + 1] for name, argv in steps if name == "trim"]
+        exports = [argv[argv.index("--model") + 1] for name, argv in steps if name == "export"]
+        report = next(argv for name, argv in steps if name == "report")
+        return trims, exports, [report[i + 1] for i, flag in enumerate(report) if flag == "--artifact"]
+
+    trims, exports, artifacts = shipped()
+    assert trims == ["job/student_pruned"]
+    assert exports == ["job/student_pruned", "job/student_pruned_trimmed"]
+    assert artifacts == ["distilled-onnx-int8=job/student_pruned_onnx_int8",
+                         "distilled-trimmed-onnx-int8=job/student_pruned_trimmed_onnx_int8"]
+    trims, exports, artifacts = shipped("--trim_twin")
+    assert trims == ["job/student_pruned", "job/student_pruned_no_teacher"]
+    assert exports[-1] == "job/student_pruned_no_teacher_trimmed"
+    assert artifacts[-1] == "no-teacher-trimmed-onnx-int8=job/student_pruned_no_teacher_trimmed_onnx_int8"
 
 
 def test_named_data_files_replace_the_data_dir_for_every_step(tmp_path, monkeypatch):
