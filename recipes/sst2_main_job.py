@@ -39,9 +39,10 @@ recipes/configs/sst2_minilm_pruned_kd.yaml); this script only chains them:
    start, no teacher, no transfer set (it has no labels). The gap between 3 and 4 is what the
    teacher bought.
 5. `hfkd trim-vocab`: a copy of the distilled student that keeps only the tokens the training
-   sentences use (smaller embeddings; unseen words split into known pieces).
-6. `hfkd export --format onnx --quantize int8` of both: the deployable artifacts, each checked against
-   its source.
+   sentences use (smaller embeddings; unseen words split into known pieces); with --trim_twin a copy
+   of the twin too, so that the trimmed student is compared with its own twin.
+6. `hfkd export --format onnx --quantize int8` of the distilled student and the trimmed copies: the
+   deployable artifacts, each checked against its source.
 7. `hfkd report`: size, bytes, score measured by running each artifact, latency, DM by parameters
    and by bytes, and the plot.
 """
