@@ -7,15 +7,17 @@ Each seed runs the README's main job (recipes/sst2_main_job.py) with that seed: 
 (the teacher pruned, distilled from the teacher cache, its last fifth int8-aware), its no-teacher twin
 (the same pruned start and optimizer steps, labels only), trimmed-vocabulary copies of both (the
 main job's `--trim_twin`: the trimmed student's own twin), int8 ONNX of the distilled student and of
-both trimmed copies, and `hfkd report`, which scores every artifact by running it on the whole dev set. The teacher is fine-tuned once (its config's seed) and the cache built once: every seed
-reuses both, so the seeds differ only in the students' runs (pruning sample, head, batch order).
+both trimmed copies, and `hfkd report`, which scores every artifact by running it on the whole dev
+set. The teacher is fine-tuned once (its config's seed) and the cache built once: every seed reuses
+both, so the seeds differ only in the students' runs (pruning sample, head, batch order).
 `--full` labels the whole train split (the full-train teacher, no transfer set); without it, the
 main job's 8,000 labelled sentences and the rest of the split as an unlabeled transfer set.
 
-The header gives the per-seed gaps: distilled minus twin, trimmed int8 minus trimmed int8 twin, and int8
-minus its fp32 source. Rows: mean ± std over the seeds of each artifact's measured score, its share of the teacher's, DM
-(α = 0.5) with size = parameters and with size = bytes on disk, and the batch-1 speed-up. A seed whose
-report exists is not rerun. Writes compression.json and compression.md in --output_root.
+The header gives the per-seed gaps: distilled minus twin, trimmed int8 minus trimmed int8 twin, and
+int8 minus its fp32 source. Rows: mean ± std over the seeds of each artifact's measured score, its
+share of the teacher's, DM (α = 0.5) with size = parameters and with size = bytes on disk, and the
+batch-1 speed-up. A seed whose report exists is not rerun. Writes compression.json and compression.md
+in --output_root.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ ROWS = {"student_pruned": "distilled (PyTorch fp32)", "distilled-onnx-int8": "di
         "no-teacher-trimmed-onnx-int8": "no-teacher twin, vocabulary trimmed, int8 ONNX"}
 # (student, its twin) pairs whose per-seed gap the header prints, when both rows are there.
 GAPS = {"distilled minus twin": ("student_pruned", "student_pruned_no_teacher"),
-        "trimmed int8 distilled minus trimmed int8 twin": ("distilled-trimmed-onnx-int8", "no-teacher-trimmed-onnx-int8"),
+        "trimmed int8 distilled minus trimmed int8 twin": ("distilled-trimmed-onnx-int8",
+                                                           "no-teacher-trimmed-onnx-int8"),
         "int8 ONNX minus its fp32 source": ("distilled-onnx-int8", "student_pruned")}
 
 
@@ -60,8 +63,8 @@ def run_seed(seed: int, options: argparse.Namespace, job_flags: list[str]) -> di
     root = os.path.join(options.output_root, f"seed{seed}")
     report = os.path.join(root, "report", "report.json")
     if not os.path.isfile(report):
-        subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--trim_twin", "--seed", str(seed), "--output_root", root,
-                        "--teacher_dir", os.path.join(options.output_root, "teacher"),
+        subprocess.run([sys.executable, MAIN_JOB, *job_flags, "--trim_twin", "--seed", str(seed),
+                        "--output_root", root, "--teacher_dir", os.path.join(options.output_root, "teacher"),
                         "--cache_dir", os.path.join(options.output_root, "teacher_cache")], check=True)
     with open(report, encoding="utf-8") as handle:
         return json.load(handle)
