@@ -93,11 +93,11 @@ def summarise(reports: dict[int, dict], job_flags: list[str]) -> tuple[list[dict
                       f"{score:.2f} ± {std:.2f}", ", ".join(f"{s:.2f}" for s in scores),
                       f"{100 * kept:.1f}%", f"{dm:.4f} ± {dm_std:.4f}",
                       f"{dm_bytes:.4f} ± {dm_bytes_std:.4f}", "–" if speedup is None else f"{speedup:.2f}×"])
-    scores = {row["artifact"]: row["scores"] for row in rows}
+    by_artifact = {row["artifact"]: row["scores"] for row in rows}
     gaps = []
     for title, (first_name, second_name) in GAPS.items():
-        if first_name in scores and second_name in scores:
-            gap = [scores[first_name][s] - scores[second_name][s] for s in reports]
+        if first_name in by_artifact and second_name in by_artifact:
+            gap = [by_artifact[first_name][s] - by_artifact[second_name][s] for s in reports]
             gaps.append(f"{title} per seed: {', '.join(f'{g:+.2f}' for g in gap)} (mean {statistics.mean(gap):+.2f})")
     header = (f"Teacher {100 * teacher['score']:.2f}% ({teacher['params'] / 1e6:.2f}M parameters, "
               f"{teacher['size_bytes'] / 1e6:.2f} MB); main job flags {job_flags or 'none'}; seeds {list(reports)}; "
